@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning of nnU-Net v2 networks."""

@@ -1,0 +1,47 @@
+"""`nnunet-peft` command line: one subcommand per module, each exposing ``add_parser(subparsers)``.
+
+Each module registers its subcommand and sets ``func`` (called with the parsed namespace, returns an
+exit code). Keeping one module per command keeps this file free of the commands' own imports, which
+are heavy (torch, nnU-Net) and only paid for by the command that runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+COMMAND_MODULES = (
+    "nnunet_peft.commands.trainer_dir",
+    "nnunet_peft.commands.adapters",
+    "nnunet_peft.dataset_conversion.command",
+    "nnunet_peft.plans_from_checkpoint",
+    "nnunet_peft.demo.command",
+    "nnunet_peft.evaluation.command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-peft",
+        description="Parameter-efficient fine-tuning for nnU-Net v2. Train with nnU-Net's own "
+        "nnUNetv2_train -tr nnUNetTrainer<Method>...; these commands do everything around it.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # user errors: the message says what is wrong and what to do; a traceback would bury it
+        print(f"nnunet-peft {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
