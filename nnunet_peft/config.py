@@ -1,0 +1,127 @@
+"""The adapter configuration: which method, how large, where."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PLACEMENTS = ("encoder", "bottleneck", "decoder")
+FORWARD_MODES = ("chain", "reconstruct")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the injection needs to know about a method, beyond its layer class."""
+
+    family: str  # "lowrank", "tensor" or "hyps"
+    forward_modes: tuple[str, ...]
+    default_forward_mode: str
+    mergeable: bool = True
+
+
+# The default forward of each method was chosen by scripts/benchmark_adapters.py (see README):
+# running the factors as a chain of thin convolutions avoids the weight gradient of the full
+# kernel, which is what makes a training step cheaper than full fine-tuning.
+METHODS: dict[str, MethodSpec] = {
+    "lora_c": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "conv_lora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
+    "cp_lora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "dora_c": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "conv_dora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
+    "cp_dora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "lora_pt": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
+    "tcur_lora": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
+    "hyps": MethodSpec("hyps", FORWARD_MODES, "chain", mergeable=False),
+}
+
+CP_INITS = ("random", "parafac")
+
+
+@dataclass
+class PeftConfig:
+    """Configuration of the adapters injected into an nnU-Net network.
+
+    Args:
+        method: one of ``METHODS`` (``lora_c``, ``conv_lora``, ``cp_lora``, ``dora_c``,
+            ``conv_dora``, ``cp_dora``, ``lora_pt``, ``tcur_lora``, ``hyps``).
+        rank: adapter rank ``r``. Ranks above a layer's dimensions are allowed for the
+            factorised methods (the SAH study found over-parameterised ranks better); the
+            t-SVD / CUR methods cannot select more than ``min(Cout, Cin*K)`` and use that.
+        alpha: scaling numerator; the update is scaled by ``alpha / rank``. Defaults to
+            ``rank`` (scale 1), keeping ``alpha / r`` constant across ranks as LoRA-C advises.
+        placement: any non-empty subset of ``("encoder", "bottleneck", "decoder")``.
+        forward_mode: ``"chain"`` runs the factors as thin convolutions beside the frozen
+            one, ``"reconstruct"`` builds ``W0 + dW`` and runs one convolution. ``None``
+            takes the method's measured default.
+        serial_width: HyPS bottleneck width ``d``; defaults to ``rank``.
+        cp_init: CP-LoRA / CP-DoRA factor initialisation: ``"random"`` (unit-scale random
+            columns) or ``"parafac"`` (input and spatial factors from a CP decomposition of
+            the pretrained kernel, computed with tensorly). The output factor starts at zero
+            either way, so the network is unchanged at initialisation.
+        dora_eps: floor of the DoRA column norm, so that an all-zero output channel stays finite.
+    """
+
+    method: str
+    rank: int = 8
+    alpha: float | None = None
+    placement: tuple[str, ...] = PLACEMENTS
+    forward_mode: str | None = None
+    serial_width: int | None = None
+    cp_init: str = "random"
+    dora_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
+        if isinstance(self.placement, str):
+            self.placement = (self.placement,)
+        self.placement = tuple(self.placement)
+        if not self.placement:
+            raise ValueError(f"placement must name at least one of {PLACEMENTS}, got an empty placement")
+        unknown = [p for p in self.placement if p not in PLACEMENTS]
+        if unknown or len(set(self.placement)) != len(self.placement):
+            raise ValueError(f"placement must be distinct values from {PLACEMENTS}, got {self.placement!r}")
+        spec = METHODS[self.method]
+        if self.forward_mode is None:
+            self.forward_mode = spec.default_forward_mode
+        if self.forward_mode not in spec.forward_modes:
+            raise ValueError(
+                f"method {self.method!r} supports forward_mode in {spec.forward_modes}, got {self.forward_mode!r}"
+            )
+        if self.serial_width is not None and (not isinstance(self.serial_width, int) or self.serial_width < 1):
+            raise ValueError(f"serial_width must be an integer >= 1 or None, got {self.serial_width!r}")
+        if self.cp_init not in CP_INITS:
+            raise ValueError(f"cp_init must be one of {CP_INITS}, got {self.cp_init!r}")
+        if not self.dora_eps > 0:
+            raise ValueError(f"dora_eps must be > 0, got {self.dora_eps!r}")
+
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / self.rank
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+    @property
+    def uses_dora(self) -> bool:
+        return self.method in ("dora_c", "conv_dora", "cp_dora")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["placement"] = list(self.placement)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PeftConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PeftConfig fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**{**d, "placement": tuple(d.get("placement", PLACEMENTS))})

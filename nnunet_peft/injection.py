@@ -1,0 +1,158 @@
+"""Putting adapters into a network, folding them back out, and choosing what trains."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from nnunet_peft.config import PLACEMENTS, PeftConfig
+from nnunet_peft.layers.base import ConvAdapter, check_adaptable
+from nnunet_peft.layers.hyps import HyPSAdapter
+from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
+from nnunet_peft.layers.tensor import TENSOR_GROUPS, TensorGroupAdapter
+from nnunet_peft.placement import network_stages, replace_module, target_convolutions
+
+LAYER_CLASSES: dict[str, type[ConvAdapter]] = {
+    "lora_c": LoRACAdapter,
+    "dora_c": LoRACAdapter,
+    "conv_lora": ConvLoRAAdapter,
+    "conv_dora": ConvLoRAAdapter,
+    "cp_lora": CPLoRAAdapter,
+    "cp_dora": CPLoRAAdapter,
+    "hyps": HyPSAdapter,
+}
+
+GROUPS_ATTR = "peft_groups"
+CONFIG_ATTR = "peft_config"
+
+
+def adapter_layers(network: nn.Module) -> list[ConvAdapter]:
+    """Every adapter layer of ``network``, once each."""
+    return [m for m in network.modules() if isinstance(m, ConvAdapter)]
+
+
+def get_config(network: nn.Module) -> PeftConfig | None:
+    return getattr(network, CONFIG_ATTR, None)
+
+
+def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True) -> nn.Module:
+    """Wrap the placed convolutions of ``network`` in adapters of ``config.method``, in place.
+
+    Everything is frozen except the adapters and the segmentation heads (which every method trains).
+    Adapters that derive from the kernels (DoRA magnitudes, SVD / t-SVD / CUR parts) are computed from
+    the weights the network holds now, so load the pretrained weights first. ``init_weights=False``
+    only allocates the adapter tensors (for loading a saved state, where computing them is wasted).
+    """
+    if not isinstance(config, PeftConfig):
+        raise ValueError(f"config must be a PeftConfig, got {type(config).__name__}")
+    if get_config(network) is not None or adapter_layers(network):
+        raise ValueError("the network already holds adapters; build a fresh network (or merge_adapters first)")
+    targets = target_convolutions(network, config.placement)
+    if not targets:
+        raise ValueError(f"placement {config.placement} selects no convolution in {type(network).__name__}")
+    for where, conv in targets:  # validate everything before changing anything
+        check_adaptable(conv, config.method, where)
+
+    if config.spec.family == "tensor":
+        wrappers = _tensor_wrappers(network, targets, config, init_weights)
+    else:
+        cls = LAYER_CLASSES[config.method]
+        wrappers = [cls(conv, config, init_weights=init_weights) for _, conv in targets]
+    for (_, conv), wrapper in zip(targets, wrappers):
+        replace_module(network, conv, wrapper.to(conv.weight.device))
+
+    set_trainable(network, adapters=True, heads=True)
+    object.__setattr__(network, CONFIG_ATTR, config)  # plain attribute: not a module, not in the state dict
+    return network
+
+
+def _conv_layout_shape(conv: nn.Module) -> tuple[int, ...]:
+    shape = tuple(conv.weight.shape)
+    transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    return (shape[1], shape[0], *shape[2:]) if transposed else shape
+
+
+def _tensor_wrappers(network, targets, config, init_weights) -> list[ConvAdapter]:
+    """One group per kernel shape (METHODS.md: "all target layers whose weights have the same shape")."""
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, (_, conv) in enumerate(targets):
+        by_shape[_conv_layout_shape(conv)].append(i)
+    groups = nn.ModuleDict()
+    wrappers: list[ConvAdapter] = [None] * len(targets)  # type: ignore[list-item]
+    for g, members in enumerate(by_shape.values()):
+        convs = [targets[i][1] for i in members]
+        kernels = [c.weight.detach().transpose(0, 1) if _conv_layout_shape(c) != tuple(c.weight.shape) else c.weight.detach()
+                   for c in convs]
+        group = TENSOR_GROUPS[config.method](kernels, config, init_weights=init_weights).to(kernels[0].device)
+        groups[f"group{g}"] = group
+        for index, (i, conv) in enumerate(zip(members, convs)):
+            wrappers[i] = TensorGroupAdapter(conv, config, group, index)
+    network.add_module(GROUPS_ATTR, groups)
+    return wrappers
+
+
+def set_trainable(network: nn.Module, *, adapters: bool = False, heads: bool = False,
+                  placement: tuple[str, ...] = (), everything: bool = False) -> None:
+    """Freeze ``network``, then unfreeze the adapters, the heads and/or whole placed stages."""
+    network.requires_grad_(everything)
+    if everything:
+        return
+    if adapters:
+        for layer in adapter_layers(network):
+            for p in layer.adapter_parameters():
+                p.requires_grad_(True)
+        if hasattr(network, GROUPS_ATTR):
+            getattr(network, GROUPS_ATTR).requires_grad_(True)
+    for stage in network_stages(network):
+        if (heads and stage.placement == "seg_layers") or stage.placement in placement:
+            for module in stage.modules:
+                module.requires_grad_(True)
+    if adapters:  # unfreezing a placed stage must not unfreeze the frozen kernels inside its adapters
+        for layer in adapter_layers(network):
+            layer.base_layer.requires_grad_(False)
+
+
+def configure_finetuning(network: nn.Module, mode: str, placement: tuple[str, ...] = PLACEMENTS) -> nn.Module:
+    """The standard baselines: ``"finetune"`` (placed stages + heads, or all), ``"seg_head"``, ``"none"``."""
+    if mode == "finetune":
+        if tuple(sorted(placement)) == tuple(sorted(PLACEMENTS)):
+            set_trainable(network, everything=True)
+        else:
+            set_trainable(network, heads=True, placement=placement)
+    elif mode == "seg_head":
+        set_trainable(network, heads=True)
+    elif mode == "none":
+        set_trainable(network)
+    else:
+        raise ValueError(f"mode must be 'finetune', 'seg_head' or 'none', got {mode!r}")
+    return network
+
+
+@torch.no_grad()
+def merge_adapters(network: nn.Module) -> nn.Module:
+    """Fold every adapter into its kernel and remove it, in place; returns ``network``.
+
+    The result is a stock network of the original class whose ``state_dict`` loads strictly into a
+    freshly built one. All parameters are trainable again, as in a stock network. HyPS cannot be
+    folded (its serial adapter is a function of the activations) and raises a ValueError.
+    """
+    config = get_config(network)
+    layers = adapter_layers(network)
+    if config is None and not layers:
+        raise ValueError("the network holds no adapters to merge")
+    if config is not None and not config.spec.mergeable:
+        raise ValueError(
+            f"{config.method} cannot be merged into a stock network: its serial adapter acts on the "
+            "activations, not on a kernel. Keep the adapted network (the plugin's trainer predicts with it)."
+        )
+    for layer in layers:
+        base = layer.base_layer
+        base.weight.copy_(layer.from_conv_layout(layer.adapted_weight()).to(base.weight.dtype))
+        replace_module(network, layer, base)
+    if hasattr(network, GROUPS_ATTR):
+        delattr(network, GROUPS_ATTR)
+    if CONFIG_ATTR in network.__dict__:
+        del network.__dict__[CONFIG_ATTR]
+    network.requires_grad_(True)
+    return network

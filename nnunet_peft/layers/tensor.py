@@ -1,0 +1,162 @@
+"""The tensor family: LoRA-PT (t-SVD) and tCURLoRA (tensor CUR) over groups of same-shape layers.
+
+The kernels of a group, each unfolded to ``Cout x (Cin*K)``, are the frontal slices of a tensor
+``T`` of shape ``Cout x (Cin*K) x L``. The t-product is circular convolution along the third mode;
+decompositions are computed slice-wise in the Fourier domain and stored in the spatial domain,
+where every factor is real.
+
+Both methods are written as ``W = T + delta`` with ``delta`` exactly zero at initialisation:
+LoRA-PT's ``residual + principal`` becomes ``T + (P(U, S, V) - P(U0, S0, V0))``, which is the same
+function of the trainable factors, keeps the identity bit-exact, and needs only the small initial
+factors (not a residual as large as the kernels) to be saved with the adapter.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnunet_peft.config import PeftConfig
+from nnunet_peft.layers.base import ConvAdapter
+
+
+def t_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(n1, n2, L) * (n2, n3, L) -> (n1, n3, L)``: ``C_l = sum_j A_j @ B_{(l-j) mod L}``."""
+    n = a.shape[-1]
+    idx = (torch.arange(n, device=a.device)[None, :] - torch.arange(n, device=a.device)[:, None]) % n
+    return torch.einsum("ijm,jkml->ikl", a, b[:, :, idx])
+
+
+def t_transpose(a: torch.Tensor) -> torch.Tensor:
+    """The t-transpose: each slice transposed, slices 1..L-1 in reverse order."""
+    order = [0] + list(range(a.shape[-1] - 1, 0, -1))
+    return a.transpose(0, 1)[:, :, order]
+
+
+def _slicewise_fourier(t: torch.Tensor, fn) -> list:
+    """Apply ``fn`` to the Fourier slices ``0..L//2`` of a real tensor; the rest are conjugates.
+
+    Conjugate symmetry makes the inverse FFT of every factor real, so factors can live in the
+    spatial domain as real parameters.
+    """
+    tf = torch.fft.fft(t.to(torch.complex128), dim=-1)
+    n = t.shape[-1]
+    half = [fn(tf[..., f]) for f in range(n // 2 + 1)]
+    full = []
+    for f in range(n):
+        full.append(half[f] if f <= n // 2 else tuple(x.conj() for x in half[n - f]))
+    return full
+
+
+def _from_fourier(slices: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    return torch.fft.ifft(torch.stack(slices, dim=-1), dim=-1).real.to(dtype)
+
+
+def effective_rank(rank: int, rows: int, cols: int) -> int:
+    """The t-SVD and CUR select at most ``min(rows, cols)`` triplets / columns."""
+    return max(1, min(rank, rows, cols))
+
+
+class TensorGroup(nn.Module):
+    """The shared factors of one group of same-shape kernels."""
+
+    def __init__(self, kernels: list[torch.Tensor], config: PeftConfig) -> None:
+        super().__init__()
+        self.num_layers = len(kernels)
+        self.kernel_shape = tuple(kernels[0].shape)
+        self.rows, self.cols = self.kernel_shape[0], int(torch.tensor(self.kernel_shape[1:]).prod())
+        self.rank = effective_rank(config.rank, self.rows, self.cols)
+        self.scaling = config.scaling
+
+    @staticmethod
+    def stack(kernels: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([k.detach().reshape(k.shape[0], -1) for k in kernels], dim=-1)
+
+    def delta(self) -> torch.Tensor:
+        """The update of every slice, ``(Cout, Cin*K, L)``."""
+        raise NotImplementedError
+
+    def delta_slice(self, index: int) -> torch.Tensor:
+        return self.delta()[:, :, index].reshape(self.kernel_shape)
+
+    def trainable_per_layer(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) // self.num_layers
+
+
+class LoRAPTGroup(TensorGroup):
+    """LoRA-PT: the leading ``r`` tubal singular triplets ``U * S * V^T`` are trainable."""
+
+    def __init__(self, kernels: list[torch.Tensor], config: PeftConfig, init_weights: bool = True) -> None:
+        super().__init__(kernels, config)
+        r, n, dtype = self.rank, self.num_layers, kernels[0].dtype
+        shapes = {"U": (self.rows, r, n), "S": (r, r, n), "V": (self.cols, r, n)}
+        values = self._tsvd(self.stack(kernels), r) if init_weights else {k: torch.zeros(s) for k, s in shapes.items()}
+        for name in shapes:
+            value = values[name].to(dtype)
+            setattr(self, name, nn.Parameter(value.clone()))
+            self.register_buffer(f"{name}0", value.clone())
+
+    @staticmethod
+    def _tsvd(t: torch.Tensor, r: int) -> dict[str, torch.Tensor]:
+        def svd(m):
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            return u[:, :r], torch.diag(s[:r]).to(m.dtype), vh[:r].conj().t()
+
+        slices = _slicewise_fourier(t, svd)
+        return {name: _from_fourier([s[i] for s in slices], t.dtype) for i, name in enumerate("USV")}
+
+    @staticmethod
+    def principal(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return t_product(t_product(u, s), t_transpose(v))
+
+    def delta(self) -> torch.Tensor:
+        return (self.principal(self.U, self.S, self.V) - self.principal(self.U0, self.S0, self.V0)) * self.scaling
+
+
+class TCURGroup(TensorGroup):
+    """tCURLoRA: ``W = T + C * (U - U0) * R``; only the ``r x r x L`` core ``U`` trains."""
+
+    def __init__(self, kernels: list[torch.Tensor], config: PeftConfig, init_weights: bool = True) -> None:
+        super().__init__(kernels, config)
+        r, n, dtype = self.rank, self.num_layers, kernels[0].dtype
+        if init_weights:
+            c, core, r_ = self._tcur(self.stack(kernels).double(), r)
+        else:
+            c, core, r_ = torch.zeros(self.rows, r, n), torch.zeros(r, r, n), torch.zeros(r, self.cols, n)
+        self.register_buffer("C", c.to(dtype))
+        self.register_buffer("R", r_.to(dtype))
+        self.register_buffer("U0", core.to(dtype))
+        self.U = nn.Parameter(core.to(dtype).clone())
+
+    @staticmethod
+    def _tcur(t: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tf = torch.fft.fft(t, dim=-1)
+        cols = tf.abs().pow(2).sum(0).sqrt().sum(-1).topk(r).indices.sort().values
+        rows = tf[:, cols].abs().pow(2).sum(1).sqrt().sum(-1).topk(r).indices.sort().values
+        c, r_ = t[:, cols], t[rows]
+        core = _from_fourier([s[0] for s in _slicewise_fourier(t[rows][:, cols], lambda m: (torch.linalg.pinv(m),))], t.dtype)
+        return c, core, r_
+
+    def delta(self) -> torch.Tensor:
+        return t_product(self.C, t_product(self.U - self.U0, self.R)) * self.scaling
+
+
+TENSOR_GROUPS = {"lora_pt": LoRAPTGroup, "tcur_lora": TCURGroup}
+
+
+class TensorGroupAdapter(ConvAdapter):
+    """One layer of a group: its kernel is slice ``index`` of the group's adapted tensor.
+
+    The group is registered once on the network root (``peft_groups``), not under every layer, so
+    its factors appear once in the state dict and in the optimiser.
+    """
+
+    def __init__(self, base_layer: nn.Module, config: PeftConfig, group: TensorGroup, index: int) -> None:
+        super().__init__(base_layer, config)
+        self.__dict__["group"] = group  # a reference, deliberately not a registered submodule
+        self.index = index
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.group.delta_slice(self.index)
+
+    def num_trainable_parameters(self) -> int:
+        return self.group.trainable_per_layer()

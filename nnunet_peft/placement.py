@@ -1,0 +1,97 @@
+"""Where adapters go in dynamic_network_architectures U-Nets (METHODS.md, "Placement").
+
+Networks are recognised by structure (``encoder.stages``, ``decoder.stages``,
+``decoder.transpconvs``, ``decoder.seg_layers``), so PlainConvUNet, ResidualEncoderUNet and
+subclasses that keep that structure all work, in 2-D and 3-D.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from nnunet_peft.config import PLACEMENTS
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named part of the network: ``encoder.0``, ..., ``bottleneck``, ``decoder.0``, ..., ``seg_layers``."""
+
+    name: str
+    placement: str  # "encoder", "bottleneck", "decoder" or "seg_layers"
+    modules: tuple[nn.Module, ...]
+
+
+def network_stages(network: nn.Module) -> list[Stage]:
+    """The stages of a U-Net in forward order; raises ValueError for other architectures."""
+    encoder = getattr(network, "encoder", None)
+    decoder = getattr(network, "decoder", None)
+    missing = [
+        name for name, ok in [
+            ("encoder.stages", encoder is not None and hasattr(encoder, "stages")),
+            ("decoder.stages", decoder is not None and hasattr(decoder, "stages")),
+            ("decoder.transpconvs", decoder is not None and hasattr(decoder, "transpconvs")),
+            ("decoder.seg_layers", decoder is not None and hasattr(decoder, "seg_layers")),
+        ] if not ok
+    ]
+    if missing:
+        raise ValueError(
+            f"{type(network).__name__} is not a dynamic_network_architectures U-Net (missing {', '.join(missing)}); "
+            "expected a PlainConvUNet or ResidualEncoderUNet as built by nnU-Net's get_network_from_plans"
+        )
+    enc = list(encoder.stages)
+    stages: list[Stage] = []
+    stem = getattr(encoder, "stem", None)
+    for i, stage in enumerate(enc[:-1]):
+        # the stem of a residual encoder runs before stage 0 at the same resolution
+        modules = (stem, stage) if i == 0 and stem is not None else (stage,)
+        stages.append(Stage(f"encoder.{i}", "encoder", modules))
+    stages.append(Stage("bottleneck", "bottleneck", (enc[-1],)))
+    for i, (up, stage) in enumerate(zip(decoder.transpconvs, decoder.stages)):
+        stages.append(Stage(f"decoder.{i}", "decoder", (up, stage)))
+    stages.append(Stage("seg_layers", "seg_layers", (decoder.seg_layers,)))
+    return stages
+
+
+def unique_modules(modules: tuple[nn.Module, ...], kind: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+    """Submodules of ``kind`` in ``modules``, each once even when registered under two names."""
+    seen: set[int] = set()
+    found = []
+    for root in modules:
+        for name, m in root.named_modules():
+            if isinstance(m, kind) and id(m) not in seen:
+                seen.add(id(m))
+                found.append((name, m))
+    return found
+
+
+def target_convolutions(network: nn.Module, placement: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """``(stage name, conv)`` for every convolution an adapter goes on, in forward order."""
+    for p in placement:
+        if p not in PLACEMENTS:
+            raise ValueError(f"placement must be a subset of {PLACEMENTS}, got {p!r}")
+    return [
+        (f"{stage.name}/{name}", conv)
+        for stage in network_stages(network) if stage.placement in placement
+        for name, conv in unique_modules(stage.modules, _CONVS)
+    ]
+
+
+def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> int:
+    """Replace every registration of ``old`` under ``root`` by ``new``; returns how many.
+
+    ``ConvDropoutNormReLU`` holds its convolution as ``.conv`` and as ``.all_modules[0]`` and runs the
+    latter; replacing one name only would leave the adapter out of the computation.
+    """
+    count = 0
+    # listed before replacing: the new module wraps ``old`` and must not be walked into
+    for parent in list(root.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[name] = new
+                count += 1
+    if count == 0:
+        raise ValueError(f"{type(old).__name__} is not a submodule of {type(root).__name__}")
+    return count
