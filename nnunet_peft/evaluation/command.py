@@ -1,0 +1,162 @@
+"""`nnunet-peft benchmark`: train every trainer on every fold with nnU-Net, then compare them."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nnunet_peft.evaluation.trainer_names import TrainerName, choose_reference, parse_trainer_name
+
+DESCRIPTION = """\
+Compare fine-tuning methods on one target dataset. Every trainer is trained on every fold with
+nnU-Net's own nnUNetv2_train (plugin trainers nnUNetTrainer<Method>_... start from --pretrained;
+nnU-Net's own trainers, e.g. nnUNetTrainer, train from scratch), runs that already finished are
+skipped, interrupted ones continue from their latest checkpoint. Then the validation predictions
+nnU-Net wrote (and, with --test-images/--test-labels, one prediction of the test set per fold) are
+scored against the reference labels: Dice and HD95 per label, volumes, Dice by reference-volume
+bin, volume agreement, a paired Wilcoxon test against the Finetune trainer, trainable
+parameters, adapter size, time per epoch and GPU memory. Output in --out/report: cases.csv (every
+per-case figure), methods.csv, volume_bins.csv, costs.csv, report.md and PNG plots.
+
+Needs nnUNet_results (and nnUNet_preprocessed or nnUNet_raw for the reference labels) in the
+environment, as nnU-Net does. nnUNet_extTrainer is set for the subprocesses.
+
+For a cluster: --jobs-only prints one command per unfinished run; submit them, then run the same
+command line with --collect-only to predict the test set and write the report."""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="train several trainers on all folds with nnU-Net and compare them",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", required=True, help="target dataset name or id, as for nnUNetv2_train")
+    p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("--trainers", "-tr", nargs="+", required=True, metavar="NAME",
+                   help="trainer names, e.g. nnUNetTrainerFinetune nnUNetTrainerCPLoRA_dec_r64_a64 nnUNetTrainer")
+    p.add_argument("--pretrained", type=Path, metavar="CKPT",
+                   help="pretrained checkpoint given to plugin trainers as -pretrained_weights")
+    p.add_argument("--folds", "-f", nargs="+", default=["0", "1", "2", "3", "4"],
+                   help="folds to run (default: 0 1 2 3 4)")
+    p.add_argument("--device", choices=("cuda", "cpu", "mps"),
+                   help="passed to nnUNetv2_train/-predict as -device (nnU-Net's default: cuda)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--jobs-only", action="store_true",
+                      help="print one nnUNetv2_train command per unfinished run and stop")
+    mode.add_argument("--collect-only", action="store_true",
+                      help="train nothing; evaluate the runs that finished and write the report")
+    p.add_argument("--test-images", type=Path, metavar="DIR",
+                   help="held-out images (nnU-Net input layout CASE_0000.nii.gz), predicted with each fold")
+    p.add_argument("--test-labels", type=Path, metavar="DIR", help="their reference labels CASE.nii.gz")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (default: $nnUNet_results/DATASET/peft_benchmark_PLANS_CONFIG)")
+    p.add_argument("--reference", metavar="NAME",
+                   help="trainer the paired tests compare against (default: the Finetune trainer)")
+    p.add_argument("--volume-bins", nargs="+", type=float, metavar="ML",
+                   help="cut points in mL for Dice by reference volume, e.g. 5 15 30 "
+                        "(default: terciles of the reference volumes)")
+    p.add_argument("--num-processes", "-np", type=int, default=2,
+                   help="processes for scoring cases (default: 2)")
+    p.set_defaults(func=run_benchmark)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from nnunet_peft.evaluation import collect, report, runs, stats
+
+    trainers = _parse_trainers(args.trainers)
+    folds = list(dict.fromkeys(runs.parse_fold(f) for f in args.folds))
+    reference, reference_note = choose_reference(trainers, args.reference)
+    if args.volume_bins is not None:
+        stats.volume_bin_edges([], args.volume_bins)  # validate now, not after hours of training
+    if (args.test_images is None) != (args.test_labels is None):
+        raise ValueError("--test-images and --test-labels go together")
+    if args.num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
+    pretrained = None
+    if args.pretrained is not None:
+        pretrained = args.pretrained.resolve()
+        if not pretrained.is_file():
+            raise FileNotFoundError(f"pretrained checkpoint {args.pretrained} does not exist")
+    elif any(t.is_plugin for t in trainers) and not args.collect_only:
+        raise ValueError("plugin trainers fine-tune a pretrained network: give --pretrained CKPT")
+
+    results_root = _env_folder("nnUNet_results", required=True)
+    experiment = runs.Experiment(dataset=_dataset_name(args.dataset), configuration=args.configuration,
+                                 plans=args.plans, results_root=results_root, pretrained=pretrained,
+                                 device=args.device)
+    planned = [runs.Run(t, f) for t in trainers for f in folds]
+    env = runs.trainer_environment()
+
+    if args.jobs_only:
+        pending = 0
+        for run in planned:
+            command = runs.train_command(experiment, run, runs.run_state(experiment, run))
+            if command is not None:
+                print(runs.job_line(command, env))
+                pending += 1
+        print(f"# {pending} of {len(planned)} runs to do; {len(planned) - pending} finished. "
+              "When they are done: the same command with --collect-only.", file=sys.stderr)
+        return 0
+
+    failed = []
+    if not args.collect_only:
+        outcomes = runs.execute(experiment, planned, env)
+        failed = [o for o in outcomes if o.returncode not in (None, 0)]
+
+    preprocessed_root = _env_folder("nnUNet_preprocessed")
+    dataset_json = collect.load_dataset_json(experiment, preprocessed_root, [t.name for t in trainers])
+    labels, file_ending = dataset_json["labels"], dataset_json.get("file_ending", ".nii.gz")
+    reference_dir = collect.reference_folder(experiment.dataset, preprocessed_root, _env_folder("nnUNet_raw"))
+    rows, costs, notes = collect.collect_validation(experiment, planned, reference_dir, labels, file_ending,
+                                                    args.num_processes)
+    out = (args.out or results_root / experiment.dataset
+           / f"peft_benchmark_{experiment.plans}_{experiment.configuration}").resolve()
+    if args.test_images is not None:
+        collect.check_test_labels(args.test_images, args.test_labels, file_ending)
+        folders = collect.predict_test(experiment, planned, args.test_images.resolve(),
+                                       out / "test_predictions", env, file_ending)
+        rows += collect.collect_test(planned, folders, args.test_labels, labels, file_ending,
+                                     args.num_processes)
+    if reference is not None and not any(r["trainer"] == reference for r in rows):
+        reference_note = f"No paired test: the reference {reference} has no finished run."
+        reference = None
+    notes = [f"Dataset {experiment.dataset}, configuration {experiment.configuration}, plans "
+             f"{experiment.plans}, folds {' '.join(map(str, folds))}; validation references from "
+             f"{reference_dir}.", reference_note, *notes]
+    if pretrained is not None:
+        notes.insert(1, f"Plugin trainers start from {pretrained}; nnU-Net's own trainers from scratch.")
+    path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
+                               title=f"Fine-tuning benchmark on {experiment.dataset}")
+    print(f"report: {path}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"
+                                                         for o in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_trainers(names: list[str]) -> list[TrainerName]:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"trainer(s) listed twice: {', '.join(duplicates)}")
+    return [parse_trainer_name(n) for n in names]
+
+
+def _env_folder(variable: str, required: bool = False) -> Path | None:
+    value = os.environ.get(variable)
+    if not value:
+        if required:
+            raise ValueError(f"{variable} is not set; export it as for nnUNetv2_train")
+        return None
+    return Path(value)
+
+
+def _dataset_name(dataset: str) -> str:
+    """nnU-Net's own resolution of an id to DatasetNNN_Name (it reads the nnUNet_* folders)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return str(maybe_convert_to_dataset_name(dataset))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
