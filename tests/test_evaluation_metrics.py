@@ -127,6 +127,8 @@ def test_evaluate_folder_reads_spacing_from_the_files(tmp_path):
     _write(tmp_path / "ref" / "unpredicted.nii.gz", ref, SPACING)  # other folds' cases: ignored
     rows = evaluate_folder(tmp_path / "pred", tmp_path / "ref", {"background": 0, "lesion": 1})
     assert [r["case"] for r in rows] == ["a_case", "b_case"]
+    assert evaluate_folder(tmp_path / "pred", tmp_path / "ref", [1], num_processes=2) == [
+        {**r, "label": "1"} for r in rows]
     assert rows[0]["dice"] == pytest.approx(0.75)
     assert rows[0]["ref_volume_ml"] == pytest.approx(0.064)
     # a one-voxel shift along x (0.5 mm): every surface distance is 0 or 0.5 mm

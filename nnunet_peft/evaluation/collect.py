@@ -129,7 +129,7 @@ def collect_validation(experiment: Experiment, runs: Sequence[Run], reference: P
 
 def predict_test(experiment: Experiment, runs: Sequence[Run], images: Path, output_root: Path,
                  env: dict[str, str], file_ending: str,
-                 runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                 runner: Callable[..., subprocess.CompletedProcess] | None = None,
                  log: Callable[[str], None] = print) -> dict[tuple[str, str], Path]:
     """Predict the test images with each finished run's model; returns the prediction folders.
 
@@ -150,7 +150,7 @@ def predict_test(experiment: Experiment, runs: Sequence[Run], images: Path, outp
             partial.parent.mkdir(parents=True, exist_ok=True)
             command = predict_command(experiment, run, images, partial)
             log(f"predict test set with {run.trainer.name} fold {run.fold}")
-            completed = runner(command, env=env, check=False)
+            completed = (runner or subprocess.run)(command, env=env, check=False)
             produced = {p.name for p in partial.glob(f"*{file_ending}")} if partial.is_dir() else set()
             if completed.returncode != 0 or not {f"{c}{file_ending}" for c in cases} <= produced:
                 log(f"FAILED test prediction {run.trainer.name} fold {run.fold} "

@@ -117,6 +117,7 @@ def _dice_vs_params(plt, summary, params, methods, labels, colours):
                         capsize=3, label=method)
             ax.annotate(method, (count, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
+        ax.margins(x=0.2)  # room for the name beside the rightmost point
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel("mean Dice")

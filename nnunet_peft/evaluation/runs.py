@@ -134,7 +134,7 @@ class RunOutcome:
 
 
 def execute(experiment: Experiment, runs: Sequence[Run], env: dict[str, str],
-            runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+            runner: Callable[..., subprocess.CompletedProcess] | None = None,
             log: Callable[[str], None] = print) -> list[RunOutcome]:
     """Run every unfinished run in turn; a failed run is reported and the others still run."""
     outcomes = []
@@ -146,7 +146,7 @@ def execute(experiment: Experiment, runs: Sequence[Run], env: dict[str, str],
             outcomes.append(RunOutcome(run, state, None))
             continue
         log(f"run  {run.trainer.name} fold {run.fold} ({state.value}): {shlex.join(command)}")
-        completed = runner(command, env=env, check=False)
+        completed = (runner or subprocess.run)(command, env=env, check=False)
         if completed.returncode != 0:
             log(f"FAILED {run.trainer.name} fold {run.fold}: exit code {completed.returncode}")
         outcomes.append(RunOutcome(run, state, completed.returncode))
