@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--volume-bins", nargs="+", type=float, metavar="ML",
                    help="cut points in mL for Dice by reference volume, e.g. 5 15 30 "
                         "(default: terciles of the reference volumes)")
-    p.add_argument("--num-processes", "-np", type=int, default=2,
+    p.add_argument("--num-processes", "-np", type=int, default=2, metavar="N",
                    help="processes for scoring cases (default: 2)")
     p.set_defaults(func=run_benchmark)
 
