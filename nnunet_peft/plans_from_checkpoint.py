@@ -360,7 +360,8 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
 
     ``configuration`` defaults to the one the checkpoint was trained with, which is also the only
     one whose architecture matches its weights. Folders default to the nnU-Net environment variables.
-    An existing plans file of that name is only replaced if identical or with ``overwrite``.
+    An existing plans file of that name is replaced when it was made from the same checkpoint with the
+    same settings (a rerun), otherwise only with ``overwrite``.
     Returns the plans file; ``log`` receives the report, ending with the ``nnUNetv2_train`` command.
     See the module docstring for ``intensity_properties``.
     """
@@ -388,6 +389,16 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
 
     destination = preprocessed / dataset_name
     plans_path = destination / f"{plans_name}.json"
+    provenance = {"source_dataset_name": ckpt.plans.get("dataset_name"),
+                  "source_plans_name": ckpt.plans.get("plans_name"), "configuration": configuration,
+                  "intensity_properties": intensity_properties, "checkpoint": str(ckpt.path)}
+    if plans_path.is_file() and not overwrite:
+        # same checkpoint and settings: a rerun (e.g. after adding cases) that refreshes its own output
+        existing = json.loads(plans_path.read_text()).get("pretrained_from")
+        if existing != provenance:
+            raise FileExistsError(f"{plans_path} exists and was not made from this checkpoint with these settings "
+                                  f"(it records {existing}); pass --overwrite to replace it or choose another "
+                                  f"--plans-name")
     preprocessed.mkdir(parents=True, exist_ok=True)
     # staging inside nnUNet_preprocessed: same file system, so the final moves are renames
     staging_root = Path(tempfile.mkdtemp(prefix=".plan-from-checkpoint-", dir=preprocessed))
@@ -410,10 +421,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
 
         plans = build_target_plans(ckpt.plans, configuration, dataset_name, plans_name, fingerprint,
                                    reader_writer, intensity_properties)
-        plans["pretrained_from"]["checkpoint"] = str(ckpt.path)
-        if plans_path.is_file() and not overwrite and json.loads(plans_path.read_text()) != plans:
-            raise FileExistsError(f"{plans_path} exists and differs from the plans for this checkpoint; pass "
-                                  f"--overwrite to replace it or choose another --plans-name")
+        plans["pretrained_from"] = provenance  # adds the checkpoint path, which build_target_plans does not know
         check_weights_fit(plans, configuration, target_dataset_json, ckpt.network_weights, ckpt.path)
 
         (staged / f"{plans_name}.json").write_text(json.dumps(plans, indent=4))
@@ -483,7 +491,7 @@ def add_parser(subparsers) -> None:
                    "own, as nnU-Net does from scratch. Ignored by per-image schemes such as ZScoreNormalization.")
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="processes for fingerprint extraction and preprocessing (default: min(4, CPUs))")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different plans file")
+    p.add_argument("--overwrite", action="store_true", help="replace a plans file of that name made from another checkpoint or with other settings")
     p.add_argument("--verify-dataset-integrity", action="store_true",
                    help="run nnU-Net's dataset integrity check first (recommended once per dataset)")
     p.set_defaults(func=_run)
