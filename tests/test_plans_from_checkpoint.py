@@ -231,6 +231,33 @@ def test_cli_reports_channel_mismatch_as_a_clean_error(tmp_path, monkeypatch, ca
     assert not (tmp_path / "pre" / "Dataset902_Tgt").exists()
 
 
+def test_failed_preprocessing_leaves_nothing_behind(tmp_path, monkeypatch):
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    _write_dataset(raw, "Dataset902_Tgt", 3, (6, 8, 8), (3.0, 0.8, 0.8), ["background", "a", "b"], 0.0, 1)
+    ckpt = _save_checkpoint(tmp_path / "ckpt.pth", SOURCE_PLANS, SOURCE_JSON)
+    seen = {}
+
+    def fake_nnunet(entry_point, command_name, args, env, log):
+        # stand-ins for the nnU-Net subprocesses: a fingerprint, then a preprocessing run that dies half-way
+        staged = Path(env["nnUNet_preprocessed"]) / "Dataset902_Tgt"
+        if command_name == "nnUNetv2_extract_fingerprint":
+            (staged / "dataset_fingerprint.json").write_text(json.dumps(TARGET_FINGERPRINT))
+            return
+        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text())
+        seen["args"] = args
+        (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
+        (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.pkl").write_bytes(b"partial")
+        raise pfc.NnUNetStepFailed("nnUNetv2_preprocess failed")
+
+    monkeypatch.setattr(pfc, "_run_nnunet", fake_nnunet)
+    with pytest.raises(pfc.NnUNetStepFailed):
+        pfc.plan_from_checkpoint("Dataset902_Tgt", ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
+                                 log=lambda _: None)
+    assert seen["args"] == ["-d", "902", "-plans_name", "nnUNetPlans_pretrained", "-c", "3d_fullres", "-np", "1"]
+    assert seen["plans"]["pretrained_from"]["checkpoint"] == str(ckpt)
+    assert list(pre.iterdir()) == []  # neither the dataset folder nor the staging folder
+
+
 def test_cli_defaults():
     parser = argparse.ArgumentParser()
     pfc.add_parser(parser.add_subparsers())
