@@ -1,0 +1,113 @@
+"""Tiny nnU-Net networks for the adapter tests, built the way nnU-Net builds them.
+
+Every network comes from nnU-Net's own ``get_network_from_plans`` with plan-style
+``arch_kwargs`` (strings resolved by import), so the tests see exactly the module
+structure a trained checkpoint has: ``ConvDropoutNormReLU`` with its convolution under two
+names, transposed-convolution upsamplers, residual stems and skip projections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch import nn
+
+PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A tiny plan: architecture, dimensionality and the input patch it is run on."""
+
+    arch: str  # "plain" or "resenc"
+    ndim: int  # 2 or 3
+    in_channels: int = 2
+    num_classes: int = 3
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}{self.ndim}d"
+
+    @property
+    def patch(self) -> tuple[int, ...]:
+        # 3-D: the first axis is only halved twice (anisotropic first stage), so 8 slices suffice
+        return (8, 16, 16) if self.ndim == 3 else (16, 16)
+
+
+NET_SPECS = [NetSpec("plain", 2), NetSpec("plain", 3), NetSpec("resenc", 2), NetSpec("resenc", 3)]
+
+
+def arch_kwargs(spec: NetSpec) -> dict:
+    """Plan ``arch_kwargs`` for a 3-stage (2-D) or 4-stage (3-D) network with features 4..16.
+
+    The 3-D plans start with an anisotropic stage (kernel 1x3x3, stride 1x2x2 in stage 1), as
+    nnU-Net plans for thick-slice CT/MR, so kernels with a 1-wide axis are exercised.
+    """
+    d = spec.ndim
+    if d == 3:
+        n_stages, features = 4, [4, 8, 12, 16]
+        kernels = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
+        strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    else:
+        n_stages, features = 3, [4, 8, 16]
+        kernels = [[3, 3]] * 3
+        strides = [[1, 1], [2, 2], [2, 2]]
+    kwargs = {
+        "n_stages": n_stages,
+        "features_per_stage": features,
+        "conv_op": f"torch.nn.modules.conv.Conv{d}d",
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "n_conv_per_stage_decoder": [1] * (n_stages - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{d}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if spec.arch == "plain":
+        kwargs["n_conv_per_stage"] = [2] * n_stages
+    else:
+        kwargs["n_blocks_per_stage"] = [1, 2, 2, 2][:n_stages]
+    return kwargs
+
+
+def build_network(spec: NetSpec, seed: int = 0, deep_supervision: bool = True) -> nn.Module:
+    """A freshly initialised network of ``spec``; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    net = get_network_from_plans(
+        PLAIN if spec.arch == "plain" else RESENC, arch_kwargs(spec), REQUIRES_IMPORT,
+        spec.in_channels, spec.num_classes, allow_init=True, deep_supervision=deep_supervision,
+    )
+    return net.float().eval()
+
+
+def pretrained_network(spec: NetSpec, seed: int = 0, deep_supervision: bool = True) -> nn.Module:
+    """A network whose weights look trained: biases and norm affines away from their init.
+
+    nnU-Net initialises conv biases and InstanceNorm affines to 0 / 1; a real checkpoint does
+    not, and adapters must be exact with non-trivial biases (DoRA subtracts the bias).
+    """
+    net = build_network(spec, seed, deep_supervision)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if not name.endswith("weight") or p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def random_input(spec: NetSpec, batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, spec.in_channels, *spec.patch), generator=g).to(dtype)
+
+
+def outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The network's outputs as a list (deep supervision returns several, highest resolution first)."""
+    y = net(x)
+    return list(y) if isinstance(y, (list, tuple)) else [y]
