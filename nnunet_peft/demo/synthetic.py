@@ -394,7 +394,7 @@ def write_dataset(
     raw_folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=raw_folder))
     try:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if num_test else ()):
             (tmp / sub).mkdir()
         for i in range(num_train + num_test):
             case = synthesize_case(case_rng(seed, task, i), task, shape, spacing)

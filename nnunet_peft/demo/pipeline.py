@@ -1,0 +1,466 @@
+"""The demo's steps: synthetic data, stock nnU-Net pretraining, plans from the checkpoint, fine-tuning
+with several methods, prediction of held-out cases and a results table.
+
+Every nnU-Net step runs through nnU-Net's own command line in a subprocess whose environment points
+nnUNet_raw / nnUNet_preprocessed / nnUNet_results into one work folder, so the demo never touches a
+user's real nnU-Net folders, and each step's verbose output goes to its own log file there.
+A step that finished writes a marker (``state/<step>.json``); a rerun skips it, so an interrupted
+demo resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nnunet_peft.demo import synthetic
+
+SOURCE_ID, TARGET_ID = 901, 902
+SOURCE_NAME = f"Dataset{SOURCE_ID}_SyntheticTBI"
+TARGET_NAME = f"Dataset{TARGET_ID}_SyntheticSAH"
+CONFIGURATION = "3d_fullres"
+FOLD = 0
+TARGET_PLANS = "nnUNetPlans_pretrained"  # plan-from-checkpoint's default name
+SUMMARY_NAME = "peft_summary.json"  # written by the plugin's trainers into fold_K/
+NUM_SOURCE_CASES = 30
+NUM_TARGET_TRAIN, NUM_TARGET_TEST = 24, 6  # about the size of a small SAH cohort
+METHODS: tuple[str, ...] = ("CPLoRA", "LoRAC", "DoRAC", "Finetune", "NoFinetune")
+DEFAULT_WORKDIR = Path("nnunet_peft_demo")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs x iterations per epoch, spelled into the trainer names (the plugin's name grammar)."""
+
+    pretrain_epochs: int
+    pretrain_iterations: int
+    finetune_epochs: int
+    finetune_iterations: int
+
+
+# Sized from measurements on a 2-core CPU (README of the demo in the report): one training
+# iteration of the demo's 16-feature network on the 24 x 48 x 48 patch costs ~0.6-1.3 s of CPU
+# time, so the CPU schedules add up to a few minutes of training in all. On a GPU an iteration is
+# ~50x cheaper and the schedules can afford what segmentation actually needs.
+SCHEDULES: dict[tuple[str, bool], Schedule] = {
+    ("cpu", False): Schedule(20, 10, 10, 5),
+    ("cpu", True): Schedule(5, 8, 3, 5),
+    ("cuda", False): Schedule(50, 50, 25, 20),
+    ("cuda", True): Schedule(10, 20, 5, 10),
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    workdir: Path = DEFAULT_WORKDIR
+    quick: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    num_processes: int | None = None
+    # width of the first U-Net stage; None = nnU-Net's plan (32). The CPU default halves it, which
+    # quarters the cost of an iteration; the architecture stays nnU-Net's PlainConvUNet.
+    base_features: int | None = None
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"num_processes must be at least 1, got {self.num_processes}")
+        if self.base_features is not None and not 4 <= self.base_features <= 64:
+            raise ValueError(f"base_features must be between 4 and 64, got {self.base_features}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {', '.join(METHODS)}; got {list(self.methods)}")
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """DemoSettings with the machine-dependent choices made."""
+
+    workdir: Path
+    device: str
+    schedule: Schedule
+    num_processes: int
+    base_features: int | None
+    seed: int
+    methods: tuple[str, ...]
+
+    @property
+    def source_plans(self) -> str:
+        return "nnUNetPlans" if self.base_features is None else f"nnUNetPlans_demo{self.base_features}"
+
+    @property
+    def pretrain_trainer(self) -> str:
+        s = self.schedule
+        # the plugin's Finetune trainer without -pretrained_weights is stock nnU-Net training (all
+        # parameters, random init) with a schedule in its name; nnU-Net's own nnUNetTrainer_Xepochs
+        # variants keep 250 iterations per epoch, far too many for a CPU demo
+        return f"nnUNetTrainerFinetune_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
+
+    def finetune_trainer(self, method: str) -> str:
+        if method == "NoFinetune":
+            return "nnUNetTrainerNoFinetune"  # zero epochs by definition
+        s = self.schedule
+        return f"nnUNetTrainer{method}_{s.finetune_epochs}ep_{s.finetune_iterations}it"
+
+    # ---- folders inside the work folder
+    @property
+    def raw(self) -> Path:
+        return self.workdir / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.workdir / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "nnUNet_results"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def predictions(self) -> Path:
+        return self.workdir / "predictions"
+
+    def model_folder(self, dataset: str, trainer: str, plans: str) -> Path:
+        return self.results / dataset / f"{trainer}__{plans}__{CONFIGURATION}"
+
+    @property
+    def source_checkpoint(self) -> Path:
+        return self.model_folder(SOURCE_NAME, self.pretrain_trainer, self.source_plans) / f"fold_{FOLD}" / "checkpoint_final.pth"
+
+
+def resolve(settings: DemoSettings) -> ResolvedSettings:
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    base_features = settings.base_features
+    if base_features is None and device == "cpu":
+        base_features = 16
+    return ResolvedSettings(
+        workdir=Path(settings.workdir).resolve(), device=device,
+        schedule=SCHEDULES[(device, settings.quick)],
+        num_processes=settings.num_processes or max(1, min(4, os.cpu_count() or 1)),
+        base_features=base_features, seed=settings.seed, methods=tuple(settings.methods))
+
+
+# --------------------------------------------------------------------------- running steps
+
+class DemoStepFailed(RuntimeError):
+    """A step's command failed; the message names the step, its log file and the log's tail."""
+
+
+def nnunet_environment(rs: ResolvedSettings, base: dict[str, str] | None = None) -> dict[str, str]:
+    from nnunet_peft.commands.trainer_dir import trainer_dir
+
+    env = dict(os.environ if base is None else base)
+    ext = [str(trainer_dir())] + [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    env.update({
+        "nnUNet_raw": str(rs.raw), "nnUNet_preprocessed": str(rs.preprocessed),
+        "nnUNet_results": str(rs.results), "nnUNet_extTrainer": os.pathsep.join(ext),
+        "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen
+    })
+    return env
+
+
+_EPOCH_LINE = re.compile(r"Epoch (\d+)\s*$")
+
+
+def run_logged(command: Sequence[str], log_file: Path, env: dict[str, str], step: str,
+               progress: Callable[[str], None] | None = None, tail_lines: int = 25) -> None:
+    """Run ``command``, writing its output to ``log_file``; report nnU-Net's epoch lines to ``progress``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        try:
+            proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=env, text=True, errors="replace")
+        except FileNotFoundError as e:
+            raise DemoStepFailed(f"step '{step}' could not start {command[0]!r} ({e}); is nnU-Net installed "
+                                 f"in this Python environment?") from e
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            m = _EPOCH_LINE.search(line)
+            if m and progress is not None:
+                progress(m.group(1))
+        code = proc.wait()
+    if code != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-tail_lines:]
+        raise DemoStepFailed(f"step '{step}' failed (exit code {code}); full log: {log_file}\n"
+                             f"--- last {len(tail)} lines ---\n" + "\n".join(tail))
+
+
+def nnunet_cli(entry_point: str) -> list[str]:
+    """Invoke an nnU-Net console script by its module, robust to a PATH without the venv's bin/."""
+    module, func = entry_point.rsplit(":", 1)
+    return [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())"]
+
+
+_CLI = {
+    "plan_and_preprocess": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
+    "train": "nnunetv2.run.run_training:run_training_entry",
+    "predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
+}
+
+
+# --------------------------------------------------------------------------- the demo
+
+@dataclass
+class MethodResult:
+    method: str
+    trainer: str
+    dice: list[float] = field(default_factory=list)
+    train_seconds: float | None = None
+    summary: dict | None = None
+
+
+class Demo:
+    def __init__(self, settings: DemoSettings, out: Callable[[str], None] = print) -> None:
+        self.rs = resolve(settings)
+        self.out = out
+        self.t0 = time.monotonic()
+        self.env = nnunet_environment(self.rs)
+        self.step_no = 0
+        self.num_steps = 4 + 2 * len(self.rs.methods)
+
+    # ---- bookkeeping
+    def _elapsed(self) -> str:
+        s = int(time.monotonic() - self.t0)
+        return f"{s // 60:2d}:{s % 60:02d}"
+
+    def _marker(self, key: str) -> Path:
+        return self.rs.state / f"{key}.json"
+
+    def _step(self, key: str, title: str, action: Callable[[Path], dict | None]) -> dict:
+        """Run ``action(log_file)`` unless its marker exists; the marker holds what it returned."""
+        self.step_no += 1
+        prefix = f"[{self._elapsed()}] {self.step_no:2d}/{self.num_steps} {title}"
+        marker = self._marker(key)
+        if marker.is_file():
+            self.out(f"{prefix}: done before, skipped")
+            return json.loads(marker.read_text())
+        self.out(f"{prefix} ...")
+        start = time.monotonic()
+        record = action(self.rs.logs / f"{key}.log") or {}
+        record["seconds"] = round(time.monotonic() - start, 1)
+        self.rs.state.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record, indent=2))
+        self.out(f"[{self._elapsed()}]        done in {_duration(record['seconds'])}")
+        return record
+
+    def _epoch_progress(self, total: int) -> Callable[[str], None]:
+        def report(epoch: str) -> None:
+            self.out(f"[{self._elapsed()}]        epoch {int(epoch) + 1}/{total}")
+        return report
+
+    # ---- steps
+    def run(self) -> list[MethodResult]:
+        rs = self.rs
+        self.out(f"nnunet-peft demo: work folder {rs.workdir}")
+        self.out(f"  device {rs.device}; logs in {rs.logs}; nnU-Net folders nnUNet_raw, nnUNet_preprocessed, "
+                 f"nnUNet_results inside it")
+        self.out(f"  pretraining {rs.pretrain_trainer}, fine-tuning {rs.schedule.finetune_epochs} epochs x "
+                 f"{rs.schedule.finetune_iterations} iterations"
+                 + (f", U-Net width {rs.base_features} (nnU-Net's plan: 32)" if rs.base_features else ""))
+        self._step("generate_data", "generate synthetic head CT (source: TBI, target: SAH)", self._generate)
+        self._step("plan_source", f"plan and preprocess the source ({SOURCE_NAME})", self._plan_source)
+        pretrain = rs.pretrain_trainer
+        self._step(f"pretrain__{pretrain}__{rs.source_plans}", f"pretrain a stock nnU-Net on the source ({pretrain})",
+                   lambda log: self._train(log, SOURCE_ID, pretrain, rs.source_plans, rs.schedule.pretrain_epochs))
+        self._step(f"plan_target__{pretrain}__{rs.source_plans}",
+                   f"plan the target ({TARGET_NAME}) from the source checkpoint", self._plan_target)
+        results = []
+        for method in rs.methods:
+            trainer = rs.finetune_trainer(method)
+            epochs = 0 if method == "NoFinetune" else rs.schedule.finetune_epochs
+            rec = self._step(f"finetune__{trainer}", f"fine-tune on the target: {method} ({trainer})",
+                             lambda log, t=trainer, e=epochs: self._train(log, TARGET_ID, t, TARGET_PLANS, e,
+                                                                          pretrained=rs.source_checkpoint))
+            self._step(f"predict__{trainer}", f"predict the {NUM_TARGET_TEST} held-out target cases: {method}",
+                       lambda log, t=trainer: self._predict(log, t))
+            results.append(self._collect(method, trainer, rec.get("seconds")))
+        self.out(f"[{self._elapsed()}] results ({NUM_TARGET_TEST} held-out target cases):")
+        table = format_table(results)
+        self.out(table)
+        write_tables(results, rs.workdir)
+        self.out(f"table written to {rs.workdir / 'results.md'} and {rs.workdir / 'results.csv'}")
+        return results
+
+    def _generate(self, log_file: Path) -> dict:
+        rs = self.rs
+        made = []
+        for dataset_id, name, task, n_train, n_test in (
+                (SOURCE_ID, SOURCE_NAME, "tbi", NUM_SOURCE_CASES, 0),
+                (TARGET_ID, TARGET_NAME, "sah", NUM_TARGET_TRAIN, NUM_TARGET_TEST)):
+            if not (rs.raw / name / "dataset.json").is_file():  # written atomically: present means complete
+                synthetic.write_dataset(rs.raw, dataset_id, task, n_train, n_test, seed=rs.seed)
+                made.append(name)
+        return {"generated": made}
+
+    def _plan_source(self, log_file: Path) -> dict:
+        rs = self.rs
+        run_logged(nnunet_cli(_CLI["plan_and_preprocess"]) + [
+            "-d", str(SOURCE_ID), "-c", CONFIGURATION, "-np", str(rs.num_processes), "--verify_dataset_integrity"],
+            log_file, self.env, "plan and preprocess the source")
+        if rs.base_features is not None:
+            write_narrow_plans(rs.preprocessed / SOURCE_NAME, rs.base_features, rs.source_plans)
+        return {}
+
+    def _train(self, log_file: Path, dataset_id: int, trainer: str, plans: str, epochs: int,
+               pretrained: Path | None = None) -> dict:
+        command = nnunet_cli(_CLI["train"]) + [str(dataset_id), CONFIGURATION, str(FOLD), "-tr", trainer,
+                                               "-p", plans, "-device", self.rs.device]
+        if pretrained is not None:
+            command += ["-pretrained_weights", str(pretrained)]
+        run_logged(command, log_file, self.env, f"train {trainer}",
+                   progress=self._epoch_progress(epochs) if epochs else None)
+        return {}
+
+    def _plan_target(self, log_file: Path) -> dict:
+        rs = self.rs
+        run_logged([sys.executable, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", str(TARGET_ID),
+                    "-c", str(rs.source_checkpoint), "-p", TARGET_PLANS, "-np", str(rs.num_processes),
+                    "--verify-dataset-integrity", "--overwrite"],
+                   log_file, self.env, "plan the target from the checkpoint")
+        return {}
+
+    def _predict(self, log_file: Path, trainer: str) -> dict:
+        rs = self.rs
+        output = rs.predictions / trainer
+        staging = rs.predictions / f".{trainer}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        run_logged(nnunet_cli(_CLI["predict"]) + [
+            "-i", str(rs.raw / TARGET_NAME / "imagesTs"), "-o", str(staging), "-d", str(TARGET_ID),
+            "-c", CONFIGURATION, "-p", TARGET_PLANS, "-tr", trainer, "-f", str(FOLD), "-device", rs.device,
+            "-npp", "1", "-nps", "1", "--disable_progress_bar"], log_file, self.env, f"predict with {trainer}")
+        shutil.rmtree(output, ignore_errors=True)
+        staging.rename(output)
+        return {}
+
+    def _collect(self, method: str, trainer: str, train_seconds: float | None) -> MethodResult:
+        rs = self.rs
+        summary_file = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS) / f"fold_{FOLD}" / SUMMARY_NAME
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        dice = dice_scores(rs.raw / TARGET_NAME / "labelsTs", rs.predictions / trainer)
+        return MethodResult(method, trainer, dice, train_seconds, summary)
+
+
+def write_narrow_plans(dataset_folder: Path, base_features: int, plans_name: str) -> Path:
+    """Copy nnU-Net's plans with every stage's width scaled to start at ``base_features``.
+
+    Only the network changes; the data identifier stays, so the preprocessed data are shared.
+    """
+    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text())
+    arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
+    planned = list(arch["features_per_stage"])
+    arch["features_per_stage"] = [max(1, round(f * base_features / planned[0])) for f in planned]
+    plans["plans_name"] = plans_name
+    path = dataset_folder / f"{plans_name}.json"
+    path.write_text(json.dumps(plans, indent=4))
+    return path
+
+
+def dice_scores(reference_folder: Path, prediction_folder: Path) -> list[float]:
+    """Per-case Dice of label 1 with nnU-Net's own metric code, one value per reference case."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    references = sorted(reference_folder.glob("*.nii.gz"))
+    if not references:
+        raise FileNotFoundError(f"no reference labels (*.nii.gz) in {reference_folder}")
+    scores = []
+    for ref in references:
+        pred = prediction_folder / ref.name
+        if not pred.is_file():
+            raise FileNotFoundError(f"prediction {pred} is missing for reference {ref}; rerun the demo")
+        scores.append(float(compute_metrics(str(ref), str(pred), SimpleITKIO(), [1])["metrics"][1]["Dice"]))
+    return scores
+
+
+# --------------------------------------------------------------------------- the table
+
+COLUMNS = ("method", "Dice", "trainable parameters", "adapter file", "training time")
+
+
+def table_rows(results: Sequence[MethodResult]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in results:
+        s = r.summary or {}
+        dice = [d for d in r.dice if d == d]  # nnU-Net gives NaN when both masks are empty
+        dice_text = f"{sum(dice) / len(dice):.3f}" if dice else "n/a"
+        if len(dice) > 1:
+            mean = sum(dice) / len(dice)
+            sd = (sum((d - mean) ** 2 for d in dice) / (len(dice) - 1)) ** 0.5
+            dice_text += f" ± {sd:.3f}"
+        trainable = s.get("trainable_parameters")
+        total = s.get("total_parameters")
+        params_text = "n/a" if trainable is None else f"{trainable:,}" + (
+            f" ({100.0 * trainable / total:.1f}%)" if total else "")
+        size = s.get("adapter_bytes")
+        rows.append((r.method, dice_text, params_text, "n/a" if size is None else format_bytes(size),
+                     "n/a" if r.train_seconds is None else _duration(r.train_seconds)))
+    return rows
+
+
+def format_table(results: Sequence[MethodResult]) -> str:
+    """A plain-text table for the terminal, columns aligned."""
+    rows = [COLUMNS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_tables(results: Sequence[MethodResult], folder: Path) -> None:
+    rows = table_rows(results)
+    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    (folder / "results.md").write_text("\n".join(md) + "\n")
+    with open(folder / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "trainer", "dice_mean", "dice_per_case", "trainable_parameters",
+                         "total_parameters", "adapter_bytes", "training_seconds"])
+        for r in results:
+            s = r.summary or {}
+            dice = [d for d in r.dice if d == d]
+            writer.writerow([r.method, r.trainer, f"{sum(dice) / len(dice):.4f}" if dice else "",
+                             " ".join(f"{d:.4f}" for d in r.dice), s.get("trainable_parameters", ""),
+                             s.get("total_parameters", ""), s.get("adapter_bytes", ""),
+                             "" if r.train_seconds is None else r.train_seconds])
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d} min" if seconds >= 60 else f"{seconds} s"
+
+
+def run_demo(settings: DemoSettings, out: Callable[[str], None] = print) -> list[MethodResult]:
+    return Demo(settings, out).run()

@@ -1,0 +1,168 @@
+"""The demo pipeline without nnU-Net runs: arguments, names, step skipping, logs, the results table."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from nnunet_peft.cli import build_parser
+from nnunet_peft.demo import pipeline
+from nnunet_peft.demo.command import settings_from_args
+from nnunet_peft.demo.pipeline import (Demo, DemoSettings, DemoStepFailed, MethodResult, format_bytes,
+                                       format_table, resolve, run_logged, write_narrow_plans, write_tables)
+
+
+def test_arguments_become_settings(tmp_path):
+    args = build_parser().parse_args(["demo", "--quick", "--workdir", str(tmp_path / "w"), "--device", "cpu",
+                                      "--methods", "LoRAC", "NoFinetune", "--seed", "3"])
+    s = settings_from_args(args)
+    assert (s.quick, s.device, s.methods, s.seed, s.workdir) == (True, "cpu", ("LoRAC", "NoFinetune"), 3, tmp_path / "w")
+    defaults = settings_from_args(build_parser().parse_args(["demo"]))
+    assert defaults.methods == pipeline.METHODS and not defaults.quick and defaults.device == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--methods", "LoRA"])
+
+
+@pytest.mark.parametrize("bad", [dict(device="tpu"), dict(num_processes=0), dict(base_features=2), dict(methods=()),
+                                 dict(methods=("CPLoRA", "Magic"))])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        DemoSettings(**bad)
+
+
+def test_resolved_names_follow_the_trainer_grammar(tmp_path):
+    from nnunet_peft.training.names import parse_trainer_name
+
+    rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
+    assert rs.base_features == 16 and rs.source_plans == "nnUNetPlans_demo16"
+    s = pipeline.SCHEDULES[("cpu", False)]
+    assert rs.pretrain_trainer == f"nnUNetTrainerFinetune_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
+    assert rs.finetune_trainer("CPLoRA") == f"nnUNetTrainerCPLoRA_{s.finetune_epochs}ep_{s.finetune_iterations}it"
+    assert rs.finetune_trainer("NoFinetune") == "nnUNetTrainerNoFinetune"
+    for name in [rs.pretrain_trainer] + [rs.finetune_trainer(m) for m in pipeline.METHODS]:
+        spec = parse_trainer_name(name)
+        if "NoFinetune" not in name:
+            assert (spec.epochs, spec.iterations) in {(s.pretrain_epochs, s.pretrain_iterations),
+                                                      (s.finetune_epochs, s.finetune_iterations)}
+    quick = resolve(DemoSettings(workdir=tmp_path, device="cpu", quick=True))
+    assert quick.schedule.finetune_epochs * quick.schedule.finetune_iterations < s.finetune_epochs * s.finetune_iterations
+    assert resolve(DemoSettings(workdir=tmp_path, device="cuda")).source_plans == "nnUNetPlans"  # nnU-Net's width
+    assert rs.source_checkpoint == (tmp_path / "nnUNet_results" / pipeline.SOURCE_NAME /
+                                    f"{rs.pretrain_trainer}__nnUNetPlans_demo16__3d_fullres" / "fold_0" /
+                                    "checkpoint_final.pth")
+
+
+def test_environment_points_nnunet_into_the_work_folder(tmp_path):
+    from nnunet_peft.commands.trainer_dir import trainer_dir
+
+    rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
+    env = pipeline.nnunet_environment(rs, base={"nnUNet_extTrainer": "/elsewhere", "nnUNet_raw": "/real/raw"})
+    assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
+    assert env["nnUNet_results"] == str(tmp_path / "nnUNet_results")
+    assert env["nnUNet_extTrainer"].split(":") == [str(trainer_dir()), "/elsewhere"]
+
+
+def test_run_logged_reports_epochs_and_failures(tmp_path):
+    seen = []
+    script = "import sys; print('2026-01-01 10:00:00.0: Epoch 0'); print('2026: Epoch 1'); print('boom'); sys.exit(3)"
+    with pytest.raises(DemoStepFailed) as e:
+        run_logged([sys.executable, "-c", script], tmp_path / "logs" / "x.log", env=None, step="train X",
+                   progress=seen.append)
+    assert seen == ["0", "1"]
+    msg = str(e.value)
+    assert "train X" in msg and "exit code 3" in msg and str(tmp_path / "logs" / "x.log") in msg
+    assert msg.rstrip().endswith("boom")
+    assert "boom" in (tmp_path / "logs" / "x.log").read_text()
+
+
+def test_steps_run_once_and_failed_steps_rerun(tmp_path):
+    demo = Demo(DemoSettings(workdir=tmp_path, device="cpu"), out=lambda s: None)
+    calls = []
+    demo._step("a", "step a", lambda log: calls.append(log) or {"x": 1})
+    record = demo._step("a", "step a", lambda log: calls.append(log))
+    assert len(calls) == 1 and record["x"] == 1 and "seconds" in record
+    assert calls[0] == tmp_path / "logs" / "a.log"
+
+    def fails(log):
+        raise DemoStepFailed("no")
+    with pytest.raises(DemoStepFailed):
+        demo._step("b", "step b", fails)
+    assert not (tmp_path / "state" / "b.json").exists()
+
+
+def _write_label(path, array):
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+
+def test_rerun_after_all_steps_only_prints_the_table(tmp_path):
+    """With every step marked done, the demo reads predictions and summaries and writes its table."""
+    settings = DemoSettings(workdir=tmp_path, device="cpu", methods=("LoRAC", "NoFinetune"))
+    rs = resolve(settings)
+    ref = np.zeros((4, 6, 6), np.uint8)
+    ref[1:3, 1:4, 1:4] = 1  # 18 voxels
+    _write_label(rs.raw / pipeline.TARGET_NAME / "labelsTs" / "sah_024.nii.gz", ref)
+    half = ref.copy()
+    half[2] = 0  # 9 of 18 voxels found: Dice 2*9/(9+18) = 2/3
+    _write_label(rs.predictions / rs.finetune_trainer("LoRAC") / "sah_024.nii.gz", half)
+    _write_label(rs.predictions / rs.finetune_trainer("NoFinetune") / "sah_024.nii.gz", ref)
+    fold = rs.model_folder(pipeline.TARGET_NAME, rs.finetune_trainer("LoRAC"), pipeline.TARGET_PLANS) / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "peft_summary.json").write_text(json.dumps({
+        "trainer_name": rs.finetune_trainer("LoRAC"), "method": "LoRAC", "trainable_parameters": 12345,
+        "total_parameters": 123450, "adapter_bytes": 49380, "mean_epoch_time_s": 1.0,
+        "peak_gpu_memory_bytes": None}))
+    keys = ["generate_data", "plan_source", f"pretrain__{rs.pretrain_trainer}__{rs.source_plans}",
+            f"plan_target__{rs.pretrain_trainer}__{rs.source_plans}"]
+    for m in settings.methods:
+        keys += [f"finetune__{rs.finetune_trainer(m)}", f"predict__{rs.finetune_trainer(m)}"]
+    rs.state.mkdir(parents=True)
+    for k in keys:
+        (rs.state / f"{k}.json").write_text(json.dumps({"seconds": 75.0}))
+
+    lines = []
+    results = pipeline.run_demo(settings, out=lines.append)
+    assert sum("skipped" in line for line in lines) == len(keys)
+    assert [r.method for r in results] == ["LoRAC", "NoFinetune"]
+    assert results[0].dice == pytest.approx([2 / 3]) and results[1].dice == pytest.approx([1.0])
+    table = "\n".join(lines)
+    assert "12,345 (10.0%)" in table and "48.2 KiB" in table and "1:15 min" in table
+    assert "| LoRAC | 0.667 | 12,345 (10.0%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text()
+    assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000" in (tmp_path / "results.csv").read_text()
+
+
+def test_table_formatting():
+    results = [MethodResult("CPLoRA", "t1", [0.5, 0.7], 30.0, {"trainable_parameters": 1000,
+                                                              "total_parameters": 1_000_000,
+                                                              "adapter_bytes": 5 * 1024 * 1024}),
+               MethodResult("Finetune", "t2", [float("nan"), 0.25], None, None)]
+    lines = format_table(results).splitlines()
+    assert lines[0].split()[:2] == ["method", "Dice"]
+    assert set(lines[1]) <= {"-", " "}
+    assert "0.600 ± 0.141" in lines[2] and "1,000 (0.1%)" in lines[2] and "5.0 MiB" in lines[2] and "30 s" in lines[2]
+    assert "0.250" in lines[3] and lines[3].count("n/a") == 3
+    assert len({len(line) for line in lines}) == 1  # aligned
+    assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
+
+
+def test_narrow_plans_keep_the_data_and_scale_the_width(tmp_path):
+    plans = {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "architecture": {"arch_kwargs": {"features_per_stage": [32, 64, 128, 256, 320]}}}}}
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    path = write_narrow_plans(tmp_path, 16, "nnUNetPlans_demo16")
+    narrow = json.loads(path.read_text())
+    assert path.name == "nnUNetPlans_demo16.json" and narrow["plans_name"] == "nnUNetPlans_demo16"
+    config = narrow["configurations"]["3d_fullres"]
+    assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 160]
+    assert config["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert json.loads((tmp_path / "nnUNetPlans.json").read_text()) == plans  # nnU-Net's own plans untouched
+
+
+def test_tables_are_written(tmp_path):
+    write_tables([MethodResult("LoRAC", "t", [0.5], 10.0, None)], tmp_path)
+    assert (tmp_path / "results.md").read_text().splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | 10 s |"
