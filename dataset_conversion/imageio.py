@@ -81,7 +81,10 @@ def _as_3d(image: sitk.Image, source: ImageSource) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB "
                              f"image); store one scalar volume per file")
-    if dim == 3 and source.volume in (None, 0):
+    if dim == 3:
+        if source.volume not in (None, 0):
+            raise ImageReadError(f"is 3-D, but it should hold channel {source.volume} as its volume "
+                                 f"{source.volume} (dataset.json lists more channels than the file holds)")
         return image
     if dim == 4:
         n = image.GetSize()[3]

@@ -71,7 +71,7 @@ def index_by_case(entries: Iterable[tuple[str, Path]], pattern: re.Pattern[str] 
 
 
 def _extract_id(stem: str, pattern: re.Pattern[str] | Callable[[str], str | None]) -> str | None:
-    if callable(pattern) and not isinstance(pattern, re.Pattern):
+    if not isinstance(pattern, re.Pattern):
         return pattern(stem)
     m = pattern.fullmatch(stem)
     if not m:

@@ -129,6 +129,9 @@ def convert(layout: Layout, source: Path, options: ConvertOptions, progress: Tex
                 print(f"[{i}/{len(cases)}] {case.case_id}", file=progress, flush=True)
             problems += writer.convert(case, tmp, write=not problems)
         labels = declared if declared is not None else _infer_labels(writer.observed, problems)
+        if options.folds is not None and len(writer.training) < options.folds and not problems:
+            problems.append(Problem(f"{options.folds}-fold cross-validation needs at least {options.folds} "
+                                    f"labelled cases, found {len(writer.training)}; lower --folds"))
         if problems:
             raise ConversionError(problems, source)
         generate_dataset_json(str(tmp), channel_names=dict(layout.channel_names()), labels=dict(labels),

@@ -224,6 +224,52 @@ def test_fix_geometry_copies_the_image_header_onto_the_mask(folders, capsys) -> 
     assert "copied the image geometry onto 1 mask(s): a" in out
 
 
+def write_dicom_series(folder: Path, volume: np.ndarray, series_uid: str, spacing=(0.8, 0.8, 3.0)) -> None:
+    """One tiny MR series, one file per slice, tagged the way ImageSeriesReader sorts and stacks them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z, plane in enumerate(volume):
+        s = sitk.GetImageFromArray(plane[np.newaxis].astype(np.int16), isVector=False)
+        s.SetSpacing(spacing)
+        s.SetOrigin((10.0, 20.0, 30.0 + z * spacing[2]))
+        for tag, value in {"0008|0060": "MR", "0020|000d": "1.2.3", "0020|000e": series_uid,
+                           "0020|0013": str(z + 1), "0020|0032": f"10\\20\\{30 + z * spacing[2]}",
+                           "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+                           "0018|0050": str(spacing[2])}.items():
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{z:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_paired_dicom_series_folders(folders, capsys) -> None:
+    src, raw = folders["src"], folders["raw"]
+    volume = (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 200).astype(np.int16)
+    write_dicom_series(src / "images" / "pat01", volume, "1.2.3.4")
+    grid = sitk.ImageSeriesReader()
+    grid.SetFileNames(grid.GetGDCMSeriesFileNames(str(src / "images" / "pat01")))
+    reference = grid.Execute()
+    label = sitk.GetImageFromArray(mask(1))
+    label.CopyInformation(reference)
+    (src / "masks").mkdir()
+    sitk.WriteImage(label, str(src / "masks" / "pat01_seg.nrrd"))
+    write_dicom_series(src / "images" / "pat02", volume, "1.2.3.5")
+    write_dicom_series(src / "images" / "pat02", volume[:3], "1.2.3.6")  # a second series in the same folder
+    write(src / "masks" / "pat02_seg.nii.gz", mask(1))
+    code, _, err = convert(capsys, "paired", src)
+    assert code == 2 and "case pat02" in err and "holds 2 DICOM series" in err and "case pat01" not in err
+    assert_nothing_written(raw)
+    for f in (src / "images" / "pat02").iterdir():
+        f.unlink()
+    (src / "images" / "pat02").rmdir()
+    (src / "masks" / "pat02_seg.nii.gz").unlink()
+    code, _, err = convert(capsys, "paired", src)
+    assert code == 0, err
+    written = sitk.ReadImage(str(raw / "Dataset001_src" / "imagesTr" / "pat01_0000.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), volume)
+    assert np.allclose(written.GetSpacing(), (0.8, 0.8, 3.0)) and np.allclose(written.GetOrigin(), (10, 20, 30))
+
+
 def test_single_volume_4d_files_are_read_as_3d(folders, capsys) -> None:
     # LPBA40's Analyze files and some exporters store one volume as 4-D; NRRD keeps that 4th axis on disk
     src, raw = folders["src"], folders["raw"]
@@ -279,6 +325,7 @@ def test_refuses_to_overwrite_or_reuse_an_id(folders, capsys) -> None:
     (["--labels", "1->2"], "consecutive labels"),
     (["--stratify-volume"], "add --folds"),
     (["--folds", "1"], "at least 2"),
+    (["--folds", "5"], "needs at least 5 labelled cases, found 2"),
     (["--image-pattern", "(unclosed"], "not a valid regular expression"),
     (["--image-pattern", "abc"], "must capture the case id"),
 ])

@@ -52,9 +52,9 @@ class Harp(Layout):
                 mapping = LabelMapping.parse(f">0->{side_label(side, self.sides)}")
                 parts.append(LabelSource(files[case_id][0], mapping))
             if case_id not in images:
+                label_file = (left.get(case_id) or right[case_id])[0]
                 found.problems.append(Problem(f"label files have no image named {case_id} (NIfTI or MINC); add "
-                                              f"the image or remove the labels", case=case_id, path=parts[0].path
-                                              if parts else None))
+                                              f"the image or remove the labels", case=case_id, path=label_file))
             elif len(parts) == 2:
                 found.cases.append(Case(case_id, (ImageSource(images[case_id][0]),), tuple(parts)))
         for case_id in sorted(images.keys() - left.keys() - right.keys()):

@@ -36,10 +36,10 @@ class Paired(Layout):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--images", default="images", metavar="DIR",
-                            help="image folder, relative to INPUT (default: images); files or one DICOM series "
-                                 "folder per case")
+                            help="image folder, relative to INPUT or absolute (default: images); files or one "
+                                 "DICOM series folder per case")
         parser.add_argument("--masks", default="masks", metavar="DIR",
-                            help="mask folder, relative to INPUT (default: masks)")
+                            help="mask folder, relative to INPUT or absolute (default: masks)")
         parser.add_argument("--image-pattern", default=DEFAULT_IMAGE_PATTERN, metavar="REGEX",
                             help="regular expression for an image's name without extension; group 'id' (or the "
                                  f"first group) is the case id (default: {DEFAULT_IMAGE_PATTERN!r})")
