@@ -7,8 +7,6 @@ checkpoint it reproduces the adapted network exactly.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nnunet_peft.atomic import staged_folder
 from nnunet_peft.config import PeftConfig
 from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, get_config, inject_adapters
 
@@ -47,18 +46,9 @@ def save_adapter(network: nn.Module, directory: str | Path, metadata: dict[str, 
     config = get_config(network)
     if config is None:
         raise ValueError("the network holds no adapters (inject_adapters first)")
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_folder(directory, overwrite=True) as tmp:
         save_file(adapter_state_dict(network), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps({"peft_config": config.to_dict(), **(metadata or {})}, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

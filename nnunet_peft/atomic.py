@@ -1,0 +1,36 @@
+"""Writing folders so that nothing is left half-written: build beside the destination, then move."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def staged_folder(destination: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``destination`` that replaces it only if the block succeeds."""
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} exists; choose another output folder or pass --overwrite")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield tmp
+        _default_permissions(tmp)
+        if destination.exists():
+            shutil.rmtree(destination)
+        tmp.rename(destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_permissions(folder: Path) -> None:
+    # mkdtemp makes the folder private (0700); what we write is meant to be shared like any output
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

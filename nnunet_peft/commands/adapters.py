@@ -1,0 +1,141 @@
+"""Sharing trained adapters: ``export-adapter``, ``apply-adapter`` and ``merge``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from nnunet_peft.adapter_io import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
+from nnunet_peft.atomic import staged_folder
+from nnunet_peft.injection import get_config, merge_adapters
+from nnunet_peft.model_folder import (CHECKPOINT, build_network, checkpoint_dict, copy_folder_files, fold_dirs,
+                                      load_fold, read_json)
+from nnunet_peft.training.pretrained import HEAD_KEY, check_pretrained_compatible, load_weights
+
+STOCK_TRAINER = "nnUNetTrainer"
+
+
+def export_adapter(model_folder: Path, out: Path, overwrite: bool = False) -> list[Path]:
+    """Write every fold's adapter state with the trainer name, configuration, plans and dataset.json."""
+    model_folder = Path(model_folder)
+    written = []
+    with staged_folder(out, overwrite) as tmp:
+        copy_folder_files(model_folder, tmp)
+        for fold_dir in fold_dirs(model_folder):
+            network, ckpt = load_fold(model_folder, fold_dir)
+            if get_config(network) is None:
+                raise ValueError(
+                    f"{fold_dir / CHECKPOINT} was trained by {ckpt['trainer_name']}, which trains no adapters; "
+                    "its whole checkpoint is the model to share")
+            save_adapter(network, tmp / fold_dir.name, {
+                "trainer_name": ckpt["trainer_name"],
+                "configuration": ckpt["init_args"]["configuration"],
+                "fold": ckpt["init_args"].get("fold"),
+                "inference_allowed_mirroring_axes": _jsonable(ckpt.get("inference_allowed_mirroring_axes")),
+            })
+            written.append(Path(out) / fold_dir.name / WEIGHTS_NAME)
+    return written
+
+
+def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = False) -> Path:
+    """Rebuild a model folder from an exported adapter and the pretrained checkpoint it was trained from."""
+    adapter = Path(adapter)
+    plans, dataset_json = read_json(adapter / "plans.json"), read_json(adapter / "dataset.json")
+    folds = sorted(d for d in adapter.glob("fold_*") if (d / CONFIG_NAME).is_file())
+    if not folds:
+        raise FileNotFoundError(f"{adapter} holds no fold_*/{CONFIG_NAME}; expected a folder written by export-adapter")
+    base = load_weights(pretrained)
+    with staged_folder(out, overwrite) as tmp:
+        copy_folder_files(adapter, tmp)
+        for fold_dir in folds:
+            meta = read_adapter_config(fold_dir)
+            network = build_network(STOCK_TRAINER, plans, dataset_json, meta["configuration"])
+            check_pretrained_compatible(network, pretrained, plans.get("dataset_name", "TARGET"))
+            network.load_state_dict({k: v for k, v in base.items() if HEAD_KEY not in k}, strict=False)
+            load_adapter(network, fold_dir)
+            (tmp / fold_dir.name).mkdir()
+            torch.save(checkpoint_dict(network.state_dict(), meta["trainer_name"], plans, dataset_json,
+                                       meta["configuration"], meta.get("fold", fold_dir.name[5:]),
+                                       _axes(meta.get("inference_allowed_mirroring_axes"))),
+                       tmp / fold_dir.name / CHECKPOINT)
+    return Path(out)
+
+
+def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -> Path:
+    """A model folder of stock ``nnUNetTrainer`` checkpoints with the adapters folded into the kernels."""
+    model_folder = Path(model_folder)
+    with staged_folder(out, overwrite) as tmp:
+        copy_folder_files(model_folder, tmp)
+        for fold_dir in fold_dirs(model_folder):
+            network, ckpt = load_fold(model_folder, fold_dir)
+            if get_config(network) is not None:
+                merge_adapters(network)
+            args = ckpt["init_args"]
+            (tmp / fold_dir.name).mkdir()
+            torch.save(checkpoint_dict(network.state_dict(), STOCK_TRAINER, args["plans"], args["dataset_json"],
+                                       args["configuration"], args.get("fold"), ckpt.get("inference_allowed_mirroring_axes")),
+                       tmp / fold_dir.name / CHECKPOINT)
+    return Path(out)
+
+
+def _jsonable(axes):
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _axes(axes):
+    return None if axes is None else tuple(axes)
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1024:.1f} KiB"
+
+
+def _export(args: argparse.Namespace) -> int:
+    for path in export_adapter(Path(args.m), Path(args.o), args.overwrite):
+        print(f"{path}  {_size(path)}")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    out = apply_adapter(Path(args.a), Path(args.c), Path(args.o), args.overwrite)
+    print(f"wrote {out}; predict with: export nnUNet_extTrainer=$(nnunet-peft trainer-dir); "
+          f"nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {out}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    out = merge_model_folder(Path(args.m), Path(args.o), args.overwrite)
+    print(f"wrote {out}; stock nnU-Net predicts with it (no plugin needed): "
+          f"nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export-adapter", help="write a trained model's adapters alone (small, shareable)",
+        description="Write the adapter state of every fold of MODEL_FOLDER (safetensors + config + trainer "
+        "name + plans) to OUT. Together with the pretrained checkpoint it rebuilds the model (apply-adapter).")
+    p.add_argument("-m", required=True, metavar="MODEL_FOLDER", help="a <Trainer>__<Plans>__<Configuration> results folder")
+    p.add_argument("-o", required=True, metavar="OUT")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser(
+        "apply-adapter", help="rebuild a model folder from an exported adapter and its pretrained checkpoint",
+        description="Turn an export-adapter folder plus the pretrained checkpoint back into a model folder that "
+        "predicts exactly as the original (needs nnUNet_extTrainer=$(nnunet-peft trainer-dir) to predict).")
+    p.add_argument("-a", required=True, metavar="ADAPTER")
+    p.add_argument("-c", required=True, metavar="PRETRAINED_CHECKPOINT")
+    p.add_argument("-o", required=True, metavar="MODEL_FOLDER")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_apply)
+
+    p = subparsers.add_parser(
+        "merge", help="fold the adapters into the kernels: a model folder stock nnU-Net predicts with",
+        description="Write a model folder of stock nnUNetTrainer checkpoints (W0 + dW), every fold of MODEL_FOLDER, "
+        "for nnUNetv2_predict_from_modelfolder without the plugin. HyPS cannot be merged (its serial adapter).")
+    p.add_argument("-m", required=True, metavar="MODEL_FOLDER")
+    p.add_argument("-o", required=True, metavar="MERGED_FOLDER")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_merge)

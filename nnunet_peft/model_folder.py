@@ -1,0 +1,86 @@
+"""Reading and writing nnU-Net model folders (``Trainer__Plans__Configuration`` with ``fold_K/`` inside)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT = "checkpoint_final.pth"
+FOLDER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+
+
+def fold_dirs(model_folder: Path, checkpoint: str = CHECKPOINT) -> list[Path]:
+    """The ``fold_*`` folders holding ``checkpoint``; raises with what was expected when there are none."""
+    model_folder = Path(model_folder)
+    if not (model_folder / "plans.json").is_file():
+        raise FileNotFoundError(
+            f"{model_folder} is not an nnU-Net model folder: no plans.json. Expected "
+            "$nnUNet_results/DatasetNNN_Name/<Trainer>__<Plans>__<Configuration>")
+    folds = sorted(d for d in model_folder.glob("fold_*") if (d / checkpoint).is_file())
+    if not folds:
+        raise FileNotFoundError(f"{model_folder} has no fold_*/{checkpoint}; is the training finished?")
+    return folds
+
+
+def read_json(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return json.loads(Path(path).read_text())
+
+
+def network_inputs(plans: dict, dataset_json: dict, configuration: str):
+    """``(plans_manager, configuration_manager, num_input_channels, num_output_channels)``."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    return pm, cm, determine_num_input_channels(pm, cm, dataset_json), pm.get_label_manager(dataset_json).num_segmentation_heads
+
+
+def build_network(trainer_name: str, plans: dict, dataset_json: dict, configuration: str) -> nn.Module:
+    """The network ``trainer_name`` predicts with: adapted (empty adapters) for ours, stock otherwise."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+    from nnunet_peft.training.trainer import build_adapted_network
+
+    args = network_inputs(plans, dataset_json, configuration)
+    if is_plugin_name(trainer_name):
+        return build_adapted_network(parse_trainer_name(trainer_name), *args, enable_deep_supervision=False)
+    return nnUNetTrainer.build_network_architecture(*args, enable_deep_supervision=False)
+
+
+def load_fold(model_folder: Path, fold_dir: Path, checkpoint: str = CHECKPOINT) -> tuple[nn.Module, dict]:
+    """The network of one fold with its trained weights, and the checkpoint dict."""
+    ckpt = torch.load(fold_dir / checkpoint, map_location="cpu", weights_only=False)
+    plans, dataset_json = read_json(model_folder / "plans.json"), read_json(model_folder / "dataset.json")
+    network = build_network(ckpt["trainer_name"], plans, dataset_json, ckpt["init_args"]["configuration"])
+    network.load_state_dict(ckpt["network_weights"])
+    return network, ckpt
+
+
+def checkpoint_dict(network_weights: dict, trainer_name: str, plans: dict, dataset_json: dict, configuration: str,
+                    fold: int | str, mirroring_axes=None) -> dict:
+    """What nnU-Net's predictor reads from a checkpoint, in nnUNetTrainer.save_checkpoint's layout."""
+    return {
+        "network_weights": network_weights,
+        "optimizer_state": None,
+        "grad_scaler_state": None,
+        "logging": {},
+        "_best_ema": None,
+        "current_epoch": 0,
+        "init_args": {"plans": plans, "configuration": configuration, "fold": fold,
+                      "dataset_json": dataset_json, "device": torch.device("cpu")},
+        "trainer_name": trainer_name,
+        "inference_allowed_mirroring_axes": mirroring_axes,
+    }
+
+
+def copy_folder_files(source: Path, target: Path) -> None:
+    for name in FOLDER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(target) / name)

@@ -1,0 +1,140 @@
+"""Trainer names are the configuration: ``nnUNetTrainer<Method>[_<token>]...``.
+
+``-tr`` carries only a class name and inference rebuilds the network from that name alone, so
+everything that changes the network or the schedule is spelled in the name.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nnunet_peft.config import PLACEMENTS, PeftConfig
+
+PREFIX = "nnUNetTrainer"
+
+ADAPTER_METHODS = {
+    "LoRAC": "lora_c",
+    "ConvLoRA": "conv_lora",
+    "CPLoRA": "cp_lora",
+    "DoRAC": "dora_c",
+    "ConvDoRA": "conv_dora",
+    "CPDoRA": "cp_dora",
+    "LoRAPT": "lora_pt",
+    "TCURLoRA": "tcur_lora",
+    "HyPS": "hyps",
+}
+BASELINES = {"Finetune": "finetune", "SegHead": "seg_head", "NoFinetune": "none"}
+METHOD_TOKENS = tuple(sorted([*ADAPTER_METHODS, *BASELINES], key=len, reverse=True))  # longest match first
+
+# Defaults for plain names, chosen for fine-tuning on tens of cases (README, "Defaults"):
+DEFAULT_RANK = 8
+DEFAULT_EPOCHS = 250
+DEFAULT_ITERATIONS = 250
+
+GRAMMAR = f"""\
+    {PREFIX}<Method>[_<token>]...
+    Method: {' '.join(ADAPTER_METHODS)}
+            Finetune   (standard fine-tuning of the placed modules, or all)
+            SegHead    (only the segmentation heads train)
+            NoFinetune (the pretrained network as it is; 0 epochs, then validation)
+    tokens: enc | bn | dec   placement: encoder, bottleneck, decoder (any subset; default all)
+            r<int>           rank (adapters only; default {DEFAULT_RANK})
+            a<int>           alpha (adapters only; default = rank)
+            <int>ep          number of epochs (default {DEFAULT_EPOCHS})
+            <int>it          training iterations per epoch (default {DEFAULT_ITERATIONS})
+    e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep"""
+
+_PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
+_NUMBERED = [("rank", re.compile(r"r(\d+)")), ("alpha", re.compile(r"a(\d+)")),
+             ("epochs", re.compile(r"(\d+)ep")), ("iterations", re.compile(r"(\d+)it"))]
+
+
+class TrainerNameError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """What a trainer name says."""
+
+    name: str
+    method: str  # the Method token, e.g. "CPLoRA"
+    placement: tuple[str, ...] = PLACEMENTS
+    rank: int = DEFAULT_RANK
+    alpha: int | None = None
+    epochs: int = DEFAULT_EPOCHS
+    iterations: int = DEFAULT_ITERATIONS
+
+    @property
+    def peft_method(self) -> str | None:
+        """The adapter method id, or None for the fine-tuning baselines."""
+        return ADAPTER_METHODS.get(self.method)
+
+    @property
+    def baseline(self) -> str | None:
+        """``"finetune"``, ``"seg_head"`` or ``"none"`` for the baselines, else None."""
+        return BASELINES.get(self.method)
+
+    def peft_config(self) -> PeftConfig:
+        if self.peft_method is None:
+            raise ValueError(f"{self.name} trains no adapters")
+        return PeftConfig(self.peft_method, rank=self.rank, alpha=self.alpha, placement=self.placement)
+
+
+def is_plugin_name(name: str) -> bool:
+    """Whether ``name`` claims to be one of ours: ``nnUNetTrainer<Method>`` followed by nothing or ``_``."""
+    if not name.startswith(PREFIX):
+        return False
+    rest = name[len(PREFIX):]
+    return any(rest == m or rest.startswith(m + "_") for m in METHOD_TOKENS)
+
+
+def parse_trainer_name(name: str) -> TrainerSpec:
+    """Parse a trainer name; raises TrainerNameError (a ValueError) that shows the grammar."""
+
+    def fail(why: str) -> TrainerNameError:
+        return TrainerNameError(f"cannot parse trainer name {name!r}: {why}.\nTrainer names follow\n{GRAMMAR}")
+
+    if not is_plugin_name(name):
+        raise fail(f"it must start with {PREFIX} followed by one of {', '.join(sorted(METHOD_TOKENS))}")
+    rest = name[len(PREFIX):]
+    method = next(m for m in METHOD_TOKENS if rest == m or rest.startswith(m + "_"))
+    tokens = rest[len(method):].split("_")[1:]
+    placement: list[str] = []
+    values: dict[str, int] = {}
+    for token in tokens:
+        if token in _PLACEMENT_TOKENS:
+            if _PLACEMENT_TOKENS[token] in placement:
+                raise fail(f"placement token {token!r} appears twice")
+            placement.append(_PLACEMENT_TOKENS[token])
+            continue
+        for field, pattern in _NUMBERED:
+            match = pattern.fullmatch(token)
+            if match:
+                if field in values:
+                    raise fail(f"{field} is given twice")
+                value = int(match.group(1))
+                if value < 1 and not (field == "epochs" and value == 0):
+                    raise fail(f"{field} must be >= 1, got {token!r}")
+                values[field] = value
+                break
+        else:
+            raise fail(f"unknown token {token!r}" if token else "empty token (two underscores in a row, or a trailing one)")
+
+    if method not in ADAPTER_METHODS and ({"rank", "alpha"} & set(values)):
+        raise fail(f"{method} trains no adapters, so it takes no r<int>/a<int> tokens")
+    if method in ("SegHead", "NoFinetune") and placement:
+        raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
+    if method == "NoFinetune" and ({"epochs", "iterations"} & set(values)):
+        raise fail("NoFinetune runs 0 epochs, so it takes no <int>ep/<int>it tokens")
+    # canonical order, so that the placement tuple does not depend on the order of the tokens
+    ordered = tuple(p for p in PLACEMENTS if p in placement) or PLACEMENTS
+    spec = TrainerSpec(
+        name=name, method=method, placement=ordered,
+        rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
+        epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
+        iterations=values.get("iterations", DEFAULT_ITERATIONS),
+    )
+    if spec.peft_method is not None:
+        spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules
+    return spec

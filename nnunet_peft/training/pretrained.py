@@ -1,0 +1,82 @@
+"""Rules for ``-pretrained_weights``: compatibility, and keeping the segmentation heads when they fit.
+
+nnU-Net loads the pretrained weights itself (``load_pretrained_weights``) but never the
+segmentation heads, and it does not tell the trainer which file it loaded. The trainer reads the
+path from the command line that nnU-Net parses (``sys.argv`` is also restored in DDP workers).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HEAD_KEY = ".seg_layers."
+
+
+def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
+    """The value of ``-pretrained_weights`` on the ``nnUNetv2_train`` command line, if any."""
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "-pretrained_weights" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("-pretrained_weights="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"-pretrained_weights {path}: no such file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ValueError(f"{path} is not an nnU-Net checkpoint (no 'network_weights'); expected a checkpoint_*.pth "
+                         "written by nnUNetv2_train")
+    return checkpoint["network_weights"]
+
+
+def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_name: str = "TARGET") -> None:
+    """Raise a ValueError listing the first mismatching tensors if ``path`` does not fit ``network``."""
+    weights = load_weights(path)
+    if any(".base_layer." in k for k in weights):
+        raise ValueError(
+            f"{path} holds adapters (it was trained by an nnunet-peft adapter trainer). Fold them into a stock "
+            "checkpoint first: nnunet-peft merge -m <its model folder> -o <merged folder>, then pass "
+            "<merged folder>/fold_K/checkpoint_final.pth as -pretrained_weights.")
+    problems = []
+    for key, value in network.state_dict().items():
+        if HEAD_KEY in key:
+            continue
+        if key not in weights:
+            problems.append(f"{key}: missing from the checkpoint (network has {tuple(value.shape)})")
+        elif weights[key].shape != value.shape:
+            problems.append(f"{key}: checkpoint {tuple(weights[key].shape)} vs network {tuple(value.shape)}")
+    if problems:
+        shown = "\n  ".join(problems[:8])
+        raise ValueError(
+            f"the pretrained checkpoint {path} does not match the network planned for {dataset_name} "
+            f"({len(problems)} mismatching tensors), first:\n  {shown}\n"
+            f"The target must be planned with the checkpoint's architecture. Run\n"
+            f"  nnunet-peft plan-from-checkpoint -d {dataset_name} -c {path}\n"
+            "and train with the plans it prints (-p nnUNetPlans_pretrained), or, if you have the source's "
+            "preprocessed folder, nnUNetv2_move_plans_between_datasets.")
+
+
+@torch.no_grad()
+def load_matching_heads(network: nn.Module, path: str | Path) -> str:
+    """Copy the checkpoint's segmentation heads into ``network`` if every head tensor has the same shape.
+
+    Returns a sentence for the training log saying which happened. Heads of another size (a different
+    label set) keep their fresh initialisation, as nnU-Net's own fine-tuning does for all heads.
+    """
+    weights = load_weights(path)
+    own = {k: v for k, v in network.state_dict().items() if HEAD_KEY in k}
+    theirs = {k: weights.get(k) for k in own}
+    if all(v is not None and v.shape == own[k].shape for k, v in theirs.items()):
+        network.load_state_dict({k: v.to(own[k].device) for k, v in theirs.items()}, strict=False)
+        return f"Segmentation heads kept from {path} (same number of outputs)."
+    sizes = {tuple(v.shape) for v in theirs.values() if v is not None}
+    return (f"Segmentation heads re-initialised: the checkpoint's heads {sorted(sizes)} do not match this dataset's "
+            f"{sorted({tuple(v.shape) for v in own.values()})}.")

@@ -1,0 +1,198 @@
+"""The nnUNetTrainer subclass behind every ``nnUNetTrainer<Method>...`` name.
+
+nnU-Net's order of events shapes this class:
+
+1. ``initialize()`` builds the network and the optimiser (and compiles / wraps DDP on CUDA);
+2. ``-pretrained_weights`` is loaded by ``run_training.maybe_load_checkpoint`` into that network,
+   asserting that every key of the network is in the checkpoint, so it must still be stock then;
+3. ``run_training()`` starts with ``on_train_start()``; ``--c`` and ``--val`` call
+   ``load_checkpoint()`` instead, whose weights hold the adapters;
+4. prediction rebuilds the network with the *static* ``build_network_architecture`` and loads the
+   checkpoint strictly, so that method must return the adapted structure.
+
+So the instance builds a stock network (an instance attribute shadows the static builder for
+training), and the adapters are created in ``on_train_start`` from the loaded pretrained weights,
+or as empty structure in ``load_checkpoint`` before the saved state is loaded into them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, save_adapter
+from nnunet_peft.injection import configure_finetuning, inject_adapters
+from nnunet_peft.summary import count_parameters, trainable_parameter_table
+from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
+from nnunet_peft.training.pretrained import check_pretrained_compatible, load_matching_heads, pretrained_weights_argument
+
+SUMMARY_NAME = "peft_summary.json"
+ADAPTER_DIR = "adapter"
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    if isinstance(network, DDP):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def build_adapted_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
+                          num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+    """The network of ``spec`` with empty adapters, ready for a state dict (what prediction needs)."""
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+    if spec.peft_method is not None:
+        inject_adapters(network, spec.peft_config(), init_weights=False)
+    return network
+
+
+class nnUNetTrainerPeft(nnUNetTrainer):
+    """Base of the generated trainers; ``spec`` is set per generated class (see ``trainer_class``)."""
+
+    spec: TrainerSpec
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        spec = self.spec
+        self.num_epochs = spec.epochs
+        self.num_iterations_per_epoch = spec.iterations
+        # nnU-Net validates 50 batches per 250 training iterations; keep that ratio for short schedules
+        self.num_val_iterations_per_epoch = max(1, round(spec.iterations / 5))
+        # initialize() must build a stock network for -pretrained_weights to load; the static method
+        # (used by prediction) stays the adapted one. An instance attribute shadows it for training only.
+        self.build_network_architecture = nnUNetTrainer.build_network_architecture
+        self._peft_ready = False
+        self._compile_after_setup = False
+
+    # --------------------------------------------------------------- setup
+    def _do_i_compile(self) -> bool:
+        # compile once, after the adapters exist: a graph traced before injection would be thrown away
+        if not self._peft_ready:
+            self._compile_after_setup = super()._do_i_compile()
+            return False
+        return self._compile_after_setup
+
+    def initialize(self):
+        if self.was_initialized:
+            return
+        super().initialize()
+        pretrained = pretrained_weights_argument()
+        if pretrained is not None:
+            # before nnU-Net's own bare assertion, with an error that says what to do
+            check_pretrained_compatible(unwrap(self.network), pretrained, self.plans_manager.dataset_name)
+
+    def _setup_peft(self, from_checkpoint: bool) -> None:
+        """Turn the stock network into this trainer's (adapters / freezing), then rebuild the optimiser."""
+        if self._peft_ready:
+            return
+        network = unwrap(self.network)
+        spec = self.spec
+        pretrained = None if from_checkpoint else pretrained_weights_argument()
+        if pretrained is not None:
+            self.print_to_log_file(load_matching_heads(network, pretrained))
+        elif not from_checkpoint and spec.method != "Finetune":
+            self.print_to_log_file(f"WARNING: {spec.name} is meant to start from -pretrained_weights; none were given, "
+                                   "so it adapts a randomly initialised network.")
+        if spec.peft_method is not None:
+            inject_adapters(network, spec.peft_config(), init_weights=not from_checkpoint)
+        else:
+            configure_finetuning(network, spec.baseline, spec.placement)
+        self._peft_ready = True
+        self.network = network
+        if self._do_i_compile():
+            self.print_to_log_file('Using torch.compile...')
+            self.network = torch.compile(self.network)
+        if self.is_ddp:
+            # frozen before wrapping: DDP registers hooks only for parameters that require grad
+            self.network = DDP(self.network, device_ids=[self.local_rank])
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self.print_to_log_file(f"{spec.name}: trainable parameters per stage\n{trainable_parameter_table(network)}",
+                               add_timestamp=False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        if not params:  # NoFinetune: nothing trains, but nnU-Net still wants an optimiser to checkpoint
+            params = [nn.Parameter(torch.zeros(1, device=self.device))]
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.99, nesterov=True)
+        # max(1, ...): the poly schedule divides by the number of epochs, which is 0 for NoFinetune
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, max(1, self.num_epochs))
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self._setup_peft(from_checkpoint=False)
+        super().on_train_start()
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        self._setup_peft(from_checkpoint=True)
+        super().load_checkpoint(filename_or_checkpoint)
+
+    # -------------------------------------------------------------- output
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        network = unwrap(self.network)
+        folder = Path(self.output_folder)
+        trainable, total = count_parameters(network)
+        if self.spec.peft_method is not None:
+            save_adapter(network, folder / ADAPTER_DIR, {"trainer_name": self.__class__.__name__})
+            adapter_bytes = (folder / ADAPTER_DIR / WEIGHTS_NAME).stat().st_size
+        else:  # the baselines' "adapter" is the set of tensors they train
+            adapter_bytes = sum(t.numel() * t.element_size() for t in adapter_state_dict(network).values())
+        log = self.logger.get_checkpoint()
+        log = log.get("local", log)  # MetaLogger nests the local logger's dict
+        starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
+        durations = [e - s for s, e in zip(starts, ends)]
+        summary = {
+            "trainer_name": self.__class__.__name__,
+            "method": self.spec.method,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "adapter_bytes": adapter_bytes,
+            "mean_epoch_time_s": float(np.mean(durations)) if durations else None,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+        }
+        (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def trainer_class(name: str, module: str | None = None) -> type:
+    """The trainer class for ``name`` (created once, then cached); raises a ValueError showing the grammar."""
+    if name not in _CLASSES:
+        spec = parse_trainer_name(name)
+
+        def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                       num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+            return build_adapted_network(spec, plans_manager, configuration_manager, num_input_channels,
+                                         num_output_channels, enable_deep_supervision)
+
+        _CLASSES[name] = type(name, (nnUNetTrainerPeft,), {
+            "spec": spec,
+            "build_network_architecture": staticmethod(build_network_architecture),
+            "__module__": module or __name__,
+            "__qualname__": name,
+            "__doc__": f"{spec.method} trainer generated from its name (placement {spec.placement}).",
+        })
+    return _CLASSES[name]
