@@ -1,0 +1,80 @@
+"""The trainer-name grammar: every valid name parses to its configuration, every bad one fails with the grammar."""
+import pytest
+
+from nnunet_peft.config import PLACEMENTS
+from nnunet_peft.training.names import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, DEFAULT_RANK, GRAMMAR, TrainerNameError,
+                                        is_plugin_name, parse_trainer_name)
+
+
+@pytest.mark.parametrize("name, method, peft, placement, rank, alpha, epochs, iterations", [
+    ("nnUNetTrainerCPLoRA", "CPLoRA", "cp_lora", PLACEMENTS, DEFAULT_RANK, None, DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerCPLoRA_dec_r64_a64_100ep", "CPLoRA", "cp_lora", ("decoder",), 64, 64, 100, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerCPDoRA_r4", "CPDoRA", "cp_dora", PLACEMENTS, 4, None, DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerConvLoRA_dec_enc", "ConvLoRA", "conv_lora", ("encoder", "decoder"), DEFAULT_RANK, None,
+     DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerLoRAPT_bn_3ep_7it", "LoRAPT", "lora_pt", ("bottleneck",), DEFAULT_RANK, None, 3, 7),
+    ("nnUNetTrainerTCURLoRA_a2", "TCURLoRA", "tcur_lora", PLACEMENTS, DEFAULT_RANK, 2, DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerHyPS_enc_bn_dec_r1", "HyPS", "hyps", PLACEMENTS, 1, None, DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+    ("nnUNetTrainerLoRAC", "LoRAC", "lora_c", PLACEMENTS, DEFAULT_RANK, None, DEFAULT_EPOCHS, DEFAULT_ITERATIONS),
+])
+def test_valid_names(name, method, peft, placement, rank, alpha, epochs, iterations):
+    spec = parse_trainer_name(name)
+    assert (spec.method, spec.peft_method, spec.placement, spec.rank, spec.alpha, spec.epochs, spec.iterations) == (
+        method, peft, placement, rank, alpha, epochs, iterations)
+    config = spec.peft_config()
+    assert config.method == peft and config.rank == rank and config.placement == placement
+    assert config.alpha == (alpha if alpha is not None else rank)
+
+
+def test_baselines():
+    ft = parse_trainer_name("nnUNetTrainerFinetune_enc_5ep_10it")
+    assert (ft.baseline, ft.placement, ft.epochs, ft.iterations, ft.peft_method) == ("finetune", ("encoder",), 5, 10, None)
+    assert parse_trainer_name("nnUNetTrainerSegHead_20ep").baseline == "seg_head"
+    none = parse_trainer_name("nnUNetTrainerNoFinetune")
+    assert (none.baseline, none.epochs) == ("none", 0)
+    with pytest.raises(ValueError, match="trains no adapters"):
+        ft.peft_config()
+
+
+@pytest.mark.parametrize("name, why", [
+    ("nnUNetTrainerCPLoRA_x", "unknown token 'x'"),
+    ("nnUNetTrainerCPLoRA_r0", "rank must be >= 1"),
+    ("nnUNetTrainerCPLoRA_dec_dec", "appears twice"),
+    ("nnUNetTrainerCPLoRA_r4_r8", "rank is given twice"),
+    ("nnUNetTrainerCPLoRA_", "empty token"),
+    ("nnUNetTrainerCPLoRA__r4", "empty token"),
+    ("nnUNetTrainerDoRAC_it5", "unknown token 'it5'"),
+    ("nnUNetTrainerSegHead_r4", "SegHead trains no adapters"),
+    ("nnUNetTrainerFinetune_a8", "Finetune trains no adapters"),
+    ("nnUNetTrainerSegHead_dec", "takes no placement tokens"),
+    ("nnUNetTrainerNoFinetune_5ep", "runs 0 epochs"),
+    ("nnUNetTrainerCPLoRAX", "must start with nnUNetTrainer followed by one of"),
+    ("nnUNetTrainerLoRA", "must start with nnUNetTrainer followed by one of"),
+])
+def test_bad_names_show_the_grammar(name, why):
+    with pytest.raises(TrainerNameError) as err:
+        parse_trainer_name(name)
+    assert why in str(err.value)
+    assert GRAMMAR in str(err.value) and name in str(err.value)
+
+
+def test_plugin_name_detection():
+    assert is_plugin_name("nnUNetTrainerCPLoRA") and is_plugin_name("nnUNetTrainerHyPS_r2")
+    # names of other trainers must stay free for nnU-Net's other folders
+    for other in ["nnUNetTrainer", "nnUNetTrainer_5epochs", "nnUNetTrainerNoMirroring", "nnUNetTrainerCPLoRAX", "MyTrainer"]:
+        assert not is_plugin_name(other)
+
+
+def test_trainer_module_answers_the_grammar():
+    """The module nnU-Net imports from nnUNet_extTrainer: grammar names resolve, others are AttributeErrors."""
+    import importlib
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    module = importlib.import_module("nnunet_peft.trainers.nnunet_peft_trainers")
+    cls = getattr(module, "nnUNetTrainerCPLoRA_dec_r4_2ep")
+    assert issubclass(cls, nnUNetTrainer) and cls.__name__ == "nnUNetTrainerCPLoRA_dec_r4_2ep"
+    assert cls.spec.rank == 4 and cls is getattr(module, "nnUNetTrainerCPLoRA_dec_r4_2ep")  # cached, one class per name
+    assert not hasattr(module, "nnUNetTrainerSomethingElse")
+    with pytest.raises(TrainerNameError):
+        getattr(module, "nnUNetTrainerCPLoRA_bogus")
