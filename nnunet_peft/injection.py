@@ -60,7 +60,8 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
         cls = LAYER_CLASSES[config.method]
         wrappers = [cls(conv, config, init_weights=init_weights) for _, conv in targets]
     for (_, conv), wrapper in zip(targets, wrappers):
-        replace_module(network, conv, wrapper.to(conv.weight.device))
+        # the factors are allocated in float32; they must follow the kernel (a float64 or half network)
+        replace_module(network, conv, wrapper.to(device=conv.weight.device, dtype=conv.weight.dtype))
 
     set_trainable(network, adapters=True, heads=True)
     object.__setattr__(network, CONFIG_ATTR, config)  # plain attribute: not a module, not in the state dict
