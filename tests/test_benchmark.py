@@ -283,7 +283,7 @@ def test_reference_choice_and_trainer_grammar():
     assert choose_reference(names, LORA)[0] == LORA
     reference, note = choose_reference(names[2:], None)
     assert reference is None and "No paired test" in note
-    with pytest.raises(ValueError, match="malformed"):
+    with pytest.raises(ValueError, match="empty token"):
         parse_trainer_name("nnUNetTrainerLoRAC__r4")
 
 

@@ -1,20 +1,19 @@
 """What the benchmark needs to know about a trainer name: its method, and whether it fine-tunes.
 
-Plugin trainers are named ``nnUNetTrainer<Method>[_<token>]...`` (tokens such as ``dec``, ``r64``,
-``a64``, ``100ep``; the trainers themselves interpret them). Every other name is taken to be one of
-nnU-Net's own trainers (``nnUNetTrainer``, ``nnUNetTrainer_5epochs``...), trained from scratch:
-the benchmark gives ``-pretrained_weights`` to plugin trainers only.
+Plugin names are parsed by the trainers' own grammar (nnunet_peft.training.names), so a name the
+benchmark accepts is one nnU-Net will find. Every other name is taken to be one of nnU-Net's own
+trainers (``nnUNetTrainer``, ``nnUNetTrainer_5epochs``...), trained from scratch: the benchmark
+gives ``-pretrained_weights`` to plugin trainers only.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-PREFIX = "nnUNetTrainer"
-METHODS = ("LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA", "CPDoRA", "LoRAPT", "TCURLoRA",
-           "HyPS", "Finetune", "SegHead", "NoFinetune")
+from nnunet_peft.training import names as grammar
+
+PREFIX = grammar.PREFIX
 REFERENCE_METHOD = "Finetune"
-_TOKEN = re.compile(r"[A-Za-z0-9]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -34,21 +33,16 @@ class TrainerName:
 
 
 def parse_trainer_name(name: str) -> TrainerName:
-    """Classify ``name``; a malformed name raises ValueError saying what was expected."""
+    """Classify ``name``; a malformed plugin name raises the grammar's ValueError."""
     if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"trainer name {name!r} is not a Python class name")
-    if name.startswith(PREFIX):
-        head, *tokens = name[len(PREFIX):].split("_")
-        if head in METHODS:
-            bad = [t for t in tokens if not _TOKEN.fullmatch(t)]
-            if bad:
-                raise ValueError(f"trainer name {name!r}: empty or malformed option token after "
-                                 f"{PREFIX}{head}; expected e.g. {PREFIX}{head}_dec_r16_a16_100ep")
-            return TrainerName(name, head)
-        # a case slip would otherwise silently turn an adapter run into a from-scratch stock run
-        if head.lower() in {m.lower() for m in METHODS}:
-            raise ValueError(f"trainer name {name!r}: method {head!r} is spelled differently from "
-                             f"the plugin's; expected one of {', '.join(METHODS)}")
+    if grammar.is_plugin_name(name):
+        return TrainerName(name, grammar.parse_trainer_name(name).method)
+    head = name[len(PREFIX):].split("_")[0] if name.startswith(PREFIX) else ""
+    # a case slip would otherwise silently turn an adapter run into a from-scratch stock run
+    if head.lower() in {m.lower() for m in grammar.METHOD_TOKENS}:
+        raise ValueError(f"trainer name {name!r}: method {head!r} is spelled differently from "
+                         f"the plugin's; expected one of {', '.join(grammar.METHOD_TOKENS)}")
     return TrainerName(name, None)
 
 
