@@ -1,0 +1,258 @@
+"""Adapter layers on their own, against the formulas of METHODS.md written out independently.
+
+Each layer's forward pass, in every forward mode, must equal one convolution with
+``W0 + dW`` where ``dW`` is computed here from the layer's factors by the specification's
+formula, for plain and transposed convolutions with strides, padding, output padding,
+dilation, anisotropic kernels and biases. The tensor family is checked against the
+Fourier-domain definition of the t-product.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapter_helpers import conv_layout_shape, perturb_
+from nnunet_peft import METHODS, PeftConfig
+from nnunet_peft.layers.hyps import HyPSAdapter
+from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
+from nnunet_peft.layers.tensor import LoRAPTGroup, TCURGroup, TensorGroupAdapter, t_product, t_transpose
+
+LOWRANK = {"lora_c": LoRACAdapter, "dora_c": LoRACAdapter, "conv_lora": ConvLoRAAdapter,
+           "conv_dora": ConvLoRAAdapter, "cp_lora": CPLoRAAdapter, "cp_dora": CPLoRAAdapter, "hyps": HyPSAdapter}
+
+# (id, factory, input spatial shape): every geometry nnU-Net uses, and a few it could
+GEOMETRIES = [
+    ("conv2d-k3-s2-bias", lambda: nn.Conv2d(5, 6, 3, stride=2, padding=1), (9, 10)),
+    ("conv2d-k3x1-dil2", lambda: nn.Conv2d(4, 3, (3, 1), padding=(2, 0), dilation=(2, 1), bias=False), (8, 7)),
+    ("conv3d-k133-s122", lambda: nn.Conv3d(4, 6, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (3, 8, 9)),
+    ("conv3d-k3-s2", lambda: nn.Conv3d(3, 5, 3, stride=2, padding=1), (6, 7, 5)),
+    ("convT2d-k2-s2", lambda: nn.ConvTranspose2d(6, 4, 2, stride=2), (5, 4)),
+    ("convT2d-k3-s2-outpad", lambda: nn.ConvTranspose2d(5, 3, 3, stride=2, padding=1, output_padding=1, bias=False), (4, 5)),
+    ("convT3d-k122-s122", lambda: nn.ConvTranspose3d(6, 4, (1, 2, 2), stride=(1, 2, 2)), (3, 4, 5)),
+    ("convT3d-k3-s2-outpad", lambda: nn.ConvTranspose3d(5, 3, 3, stride=2, padding=1, output_padding=(1, 0, 1)), (3, 4, 3)),
+]
+GEOMETRY_IDS = [g[0] for g in GEOMETRIES]
+LAYER_METHOD_MODES = [(m, mode) for m in LOWRANK for mode in METHODS[m].forward_modes]
+
+
+def make_base(factory, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layer = factory().double()
+    with torch.no_grad():
+        if layer.bias is not None:
+            layer.bias.normal_()
+    return layer
+
+
+def conv_with(base: nn.Module, x: torch.Tensor, weight_conv_layout: torch.Tensor) -> torch.Tensor:
+    """``base``'s operation with another kernel: one stock convolution, the reference."""
+    reference = type(base)(**{**constructor_kwargs(base)}).double()
+    with torch.no_grad():
+        reference.weight.copy_(weight_conv_layout.transpose(0, 1) if isinstance(base, nn.modules.conv._ConvTransposeNd)
+                               else weight_conv_layout)
+        if base.bias is not None:
+            reference.bias.copy_(base.bias)
+    return reference(x)
+
+
+def constructor_kwargs(base: nn.Module) -> dict:
+    kw = dict(in_channels=base.in_channels, out_channels=base.out_channels, kernel_size=base.kernel_size,
+              stride=base.stride, padding=base.padding, dilation=base.dilation, bias=base.bias is not None)
+    if isinstance(base, nn.modules.conv._ConvTransposeNd):
+        kw["output_padding"] = base.output_padding
+    return kw
+
+
+def reference_delta(layer: nn.Module, method: str) -> torch.Tensor:
+    """``dW`` (conv layout) from the layer's factors by METHODS.md's formulas."""
+    s = layer.scaling
+    shape = layer.conv_shape
+    if method in ("lora_c", "dora_c"):
+        return s * (layer.lora_B @ layer.lora_A).reshape(shape)
+    if method in ("conv_lora", "conv_dora"):
+        return s * (layer.lora_B @ layer.lora_A).reshape(shape)
+    if method in ("cp_lora", "cp_dora"):
+        full = torch.zeros(shape, dtype=torch.float64)
+        for q in range(layer.rank):
+            term = torch.outer(layer.cp_out[:, q], layer.cp_in[:, q])
+            for u in layer.cp_spatial:
+                term = term[..., None] * u[:, q]
+            full = full + term
+        return s * full
+    if method == "hyps":
+        return s * (layer.parallel_B @ layer.parallel_A - layer.parallel_B0 @ layer.parallel_A0).reshape(shape)
+    raise AssertionError(method)
+
+
+def reference_weight(layer: nn.Module, method: str) -> torch.Tensor:
+    w0 = layer.to_conv_layout(layer.base_layer.weight).detach()
+    w = w0 + reference_delta(layer, method)
+    if "dora" in method:  # W = m * (W0 + dW) / ||W0 + dW||_c
+        norm = w.flatten(1).norm(dim=1).clamp_min(layer.dora_eps)
+        w = layer.dora_magnitude.reshape(-1, *[1] * (w.dim() - 1)) * w / norm.reshape(-1, *[1] * (w.dim() - 1))
+    return w
+
+
+def reference_forward(layer: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
+    y = conv_with(layer.base_layer, x, reference_weight(layer, method))
+    if method == "hyps":  # serial bottleneck: y + s * Up(GELU(Down(y))), 1x1 convolutions
+        h = torch.einsum("dc,bc...->bd...", layer.serial_down, y)
+        y = y + layer.scaling * torch.einsum("cd,bd...->bc...", layer.serial_up, F.gelu(h))
+    return y
+
+
+def make_input(base: nn.Module, spatial: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((2, base.in_channels, *spatial), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("name", "factory", "spatial"), GEOMETRIES, ids=GEOMETRY_IDS)
+@pytest.mark.parametrize(("method", "mode"), LAYER_METHOD_MODES, ids=[f"{m}-{o}" for m, o in LAYER_METHOD_MODES])
+def test_layer_forward_equals_one_conv_with_the_specified_kernel(method, mode, name, factory, spatial):
+    base = make_base(factory)
+    x = make_input(base, spatial)
+    stock = base(x)
+    layer = LOWRANK[method](base, PeftConfig(method, rank=3, alpha=6, forward_mode=mode)).double()
+    with torch.no_grad():
+        tol = 1e-10 * stock.abs().max().item()
+        assert (layer(x) - stock).abs().max().item() <= tol  # identity at init
+        perturb_(list(layer.adapter_parameters()), seed=2, scale=0.3)
+        expected = reference_forward(layer, method, x)
+        assert (expected - stock).abs().max().item() > 1e-3  # the perturbation matters
+        got = layer(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-10 * expected.abs().max().item()
+    assert torch.allclose(layer.adapted_weight(), reference_weight(layer, method), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "factory", "spatial"), GEOMETRIES[:4], ids=GEOMETRY_IDS[:4])
+@pytest.mark.parametrize("method", ["lora_c", "cp_dora", "hyps"])
+def test_merge_and_unmerge_of_a_layer(method, name, factory, spatial):
+    base = make_base(factory)
+    original = base.weight.detach().clone()
+    layer = LOWRANK[method](base, PeftConfig(method, rank=2)).double()
+    perturb_(list(layer.adapter_parameters()), seed=3)
+    x = make_input(base, spatial)
+    with torch.no_grad():
+        unmerged = layer(x)
+        layer.merge()
+        assert not torch.equal(base.weight, original)
+        assert torch.allclose(layer(x), unmerged, rtol=0, atol=1e-10 * unmerged.abs().max().item())
+        layer.unmerge()
+    assert torch.equal(base.weight, original)
+    assert torch.equal(layer(x), unmerged)
+
+
+# ------------------------------------------------------------------------------ tensor family
+def fourier_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The t-product by its definition: FFT along mode 3, slice-wise matrix products, inverse FFT."""
+    fa, fb = torch.fft.fft(a.to(torch.complex128), dim=-1), torch.fft.fft(b.to(torch.complex128), dim=-1)
+    return torch.fft.ifft(torch.einsum("ijl,jkl->ikl", fa, fb), dim=-1).real
+
+
+def fourier_conj_transpose(a: torch.Tensor) -> torch.Tensor:
+    """The t-transpose by its definition: each Fourier slice conjugate-transposed."""
+    fa = torch.fft.fft(a.to(torch.complex128), dim=-1)
+    return torch.fft.ifft(fa.conj().transpose(0, 1), dim=-1).real
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_t_product_and_t_transpose_match_their_fourier_definitions(depth):
+    g = torch.Generator().manual_seed(depth)
+    a = torch.randn(4, 5, depth, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 3, depth, generator=g, dtype=torch.float64)
+    assert torch.allclose(t_product(a, b), fourier_product(a, b), atol=1e-12)
+    assert torch.allclose(t_transpose(a), fourier_conj_transpose(a), atol=1e-12)
+    if depth == 1:
+        assert torch.allclose(t_product(a, b)[..., 0], a[..., 0] @ b[..., 0])
+
+
+def random_kernels(shape: tuple[int, ...], n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_lora_pt_full_rank_principal_part_is_the_tensor(depth):
+    kernels = random_kernels((5, 3, 1, 2), depth)
+    group = LoRAPTGroup(kernels, PeftConfig("lora_pt", rank=6))  # min(Cout, Cin*K) = 5 < 6
+    assert group.rank == 5
+    principal = group.principal(group.U0, group.S0, group.V0)
+    assert torch.allclose(principal, group.stack(kernels), atol=1e-10)
+    # and by the Fourier definition: U * S * V^T slice-wise
+    by_definition = fourier_product(fourier_product(group.U0, group.S0), fourier_conj_transpose(group.V0))
+    assert torch.allclose(principal, by_definition, atol=1e-10)
+
+
+def test_lora_pt_low_rank_principal_part_is_the_truncated_t_svd():
+    kernels = random_kernels((6, 4, 3), 4)
+    r = 2
+    group = LoRAPTGroup(kernels, PeftConfig("lora_pt", rank=r))
+    tf = torch.fft.fft(group.stack(kernels).to(torch.complex128), dim=-1)
+    truncated = []
+    for f in range(tf.shape[-1]):  # best rank-r approximation of every Fourier slice
+        u, s, vh = torch.linalg.svd(tf[..., f], full_matrices=False)
+        truncated.append(u[:, :r] @ torch.diag(s[:r]).to(u.dtype) @ vh[:r])
+    expected = torch.fft.ifft(torch.stack(truncated, -1), dim=-1).real
+    assert torch.allclose(group.principal(group.U0, group.S0, group.V0), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_tcur_with_rank_at_least_the_slice_rank_reconstructs_the_tensor(depth):
+    # slices A diag(c_l) B share A and B, so every Fourier slice A diag(fft(c)_f) B has rank <= 3
+    g = torch.Generator().manual_seed(depth)
+    a, b = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(3, 12, generator=g, dtype=torch.float64)
+    kernels = [(a @ torch.diag(torch.randn(3, generator=g, dtype=torch.float64)) @ b).reshape(7, 3, 2, 2)
+               for _ in range(depth)]
+    for r in (3, 5):
+        group = TCURGroup(kernels, PeftConfig("tcur_lora", rank=r))
+        t = group.stack(kernels)
+        assert torch.allclose(t_product(group.C, t_product(group.U0, group.R)), t, atol=1e-8)
+        assert group.U.shape == (r, r, depth)
+
+
+def test_tcur_selects_columns_and_rows_by_norm_summed_over_frequencies():
+    kernels = random_kernels((5, 2, 3), 3)
+    with torch.no_grad():
+        for k in kernels:
+            k[:, 1, 2] *= 100  # column 1*3+2 = 5 dominates
+            k[3] *= 50  # row 3 dominates among the rows
+    group = TCURGroup(kernels, PeftConfig("tcur_lora", rank=1))
+    t = group.stack(kernels)
+    assert torch.equal(group.C, t[:, [5]])
+    assert torch.equal(group.R, t[[3]])
+
+
+GROUP_GEOMETRIES = [
+    ("conv3d", lambda: nn.Conv3d(4, 5, (1, 3, 3), padding=(0, 1, 1)), (3, 6, 5)),
+    ("convT2d", lambda: nn.ConvTranspose2d(4, 3, 2, stride=2), (4, 5)),
+]
+
+
+@pytest.mark.parametrize(("name", "factory", "spatial"), GROUP_GEOMETRIES, ids=[g[0] for g in GROUP_GEOMETRIES])
+@pytest.mark.parametrize("method", ["lora_pt", "tcur_lora"])
+def test_tensor_group_layers_equal_one_conv_with_the_specified_kernel(method, name, factory, spatial):
+    bases = [make_base(factory, seed=i) for i in range(3)]
+    config = PeftConfig(method, rank=2, alpha=3)
+    kernels = [b.weight.detach().transpose(0, 1) if isinstance(b, nn.ConvTranspose2d) else b.weight.detach() for b in bases]
+    group = (LoRAPTGroup if method == "lora_pt" else TCURGroup)(kernels, config).double()
+    layers = [TensorGroupAdapter(b, config, group, i) for i, b in enumerate(bases)]
+    x = make_input(bases[0], spatial)
+    with torch.no_grad():
+        for b, layer in zip(bases, layers):
+            assert torch.equal(layer(x), b(x))  # exact at init
+        perturb_(list(group.parameters()), seed=4)
+        if method == "lora_pt":  # residual + principal: T + s * (P(U, S, V) - P(U0, S0, V0))
+            p = lambda u, s_, v: fourier_product(fourier_product(u, s_), fourier_conj_transpose(v))
+            delta = p(group.U, group.S, group.V) - p(group.U0, group.S0, group.V0)
+        else:  # T - C U0 R + C U R
+            delta = fourier_product(group.C, fourier_product(group.U - group.U0, group.R))
+        t = group.stack(kernels) + config.scaling * delta
+        for i, (b, layer) in enumerate(zip(bases, layers)):
+            expected = conv_with(b, x, t[:, :, i].reshape(conv_layout_shape(b)))
+            assert (expected - b(x)).abs().max() > 1e-3
+            assert torch.allclose(layer(x), expected, rtol=0, atol=1e-10 * expected.abs().max().item())

@@ -1,0 +1,366 @@
+"""The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D).
+
+Every property of the issue's bar is checked for every method and forward mode, on every
+network class and dimensionality, and for each placement on its own: identity at
+initialisation, liveness of every stage's adapters, merge exactness, training dynamics,
+parameter counts, DoRA's zero channels, save/load, and the errors of unusable configurations.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapter_helpers import (
+    DORA_METHODS, MERGEABLE_METHOD_MODES, METHOD_MODE_IDS, METHOD_MODES, adapter_tensors, conv_layout_shape,
+    expected_group_count, expected_layer_count, layer_tensors, perturb_,
+)
+from networks import NET_SPECS, build_network, outputs, pretrained_network, random_input
+from nnunet_peft import (
+    METHODS, PLACEMENTS, PeftConfig, adapter_layers, adapter_state_dict, count_parameters, inject_adapters,
+    load_adapter, merge_adapters, save_adapter, trainable_parameter_table,
+)
+from nnunet_peft.injection import GROUPS_ATTR
+from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.lowrank import LoRACAdapter
+from nnunet_peft.placement import network_stages, replace_module, target_convolutions, unique_modules
+from nnunet_peft.summary import stage_rows
+
+NET_IDS = [s.id for s in NET_SPECS]
+DORA_METHOD_MODES = [(m, mode) for m, mode in METHOD_MODES if m in DORA_METHODS]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def identity_tolerance(method: str, mode: str, reference: torch.Tensor) -> float:
+    """0 where the library is exact at init; HyPS's chain runs ``Q`` and ``P`` as two convolutions,
+    so it matches only to float32 rounding of the output's scale."""
+    if method == "hyps" and mode == "chain":
+        return 1e-5 * max(1.0, reference.abs().max().item())
+    return 0.0
+
+
+def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert len(a) == len(b)
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def adapted(spec, method: str, mode: str, placement=PLACEMENTS, rank: int = 3, seed: int = 0) -> nn.Module:
+    net = pretrained_network(spec, seed=seed)
+    return inject_adapters(net, PeftConfig(method, rank=rank, placement=tuple(placement), forward_mode=mode))
+
+
+# ----------------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+def test_identity_at_init(method, mode, spec, placement):
+    x = random_input(spec)
+    with torch.no_grad():
+        reference = outputs(pretrained_network(spec), x)
+        net = adapted(spec, method, mode, (placement,))
+        assert adapter_layers(net), "no adapter was injected"
+        got = outputs(net, x)
+    assert max_abs_diff(got, reference) <= identity_tolerance(method, mode, reference[0])
+
+
+@pytest.mark.parametrize("spec", NET_SPECS[:2], ids=NET_IDS[:2])
+@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+def test_rank_above_layer_dimensions_is_accepted(method, mode, spec):
+    # rank 40 exceeds min(Cout, Cin*K) of every layer of these networks (features 4..16)
+    x = random_input(spec)
+    with torch.no_grad():
+        reference = outputs(pretrained_network(spec), x)
+        net = adapted(spec, method, mode, rank=40)
+        got = outputs(net, x)
+        assert max_abs_diff(got, reference) <= identity_tolerance(method, mode, reference[0])
+        perturb_(adapter_tensors(net))
+        moved = outputs(net, x)
+    assert all(torch.isfinite(y).all() for y in moved)
+    assert max_abs_diff(moved, reference) > 1e-3
+
+
+# --------------------------------------------------------------------------------------- live
+def stage_adapter_layers(stage) -> list[ConvAdapter]:
+    return [m for _, m in unique_modules(stage.modules, ConvAdapter)]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+def test_every_targeted_stage_is_live(method, mode, spec, placement):
+    """Perturbing the adapters of any one targeted stage changes the output, and every adapter layer
+    runs in the forward pass (an adapter reachable only as ``.conv`` would never run)."""
+    net = adapted(spec, method, mode, (placement,))
+    x = random_input(spec)
+    calls: dict[int, int] = {}
+    for layer in adapter_layers(net):
+        layer.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls.get(id(m), 0) + 1))
+    with torch.no_grad():
+        reference = outputs(net, x)
+        assert {id(m) for m in adapter_layers(net)} == set(calls), "an adapter layer is not in the forward pass"
+        stages = [s for s in network_stages(net) if s.placement == placement]
+        assert stages
+        for i, stage in enumerate(stages):
+            layers = stage_adapter_layers(stage)
+            assert layers, f"{stage.name} holds no adapter"
+            # tensor methods: the factors of a group are shared; perturbing a group with a member here
+            tensors = list({id(p): p for layer in layers for p in layer_tensors(layer)}.values())
+            saved = [t.clone() for t in tensors]
+            perturb_(tensors, seed=i)
+            moved = outputs(net, x)
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+            assert max_abs_diff(moved, reference) > 1e-4, f"perturbing the adapters of {stage.name} changed nothing"
+        assert max_abs_diff(outputs(net, x), reference) == 0.0  # restoring is exact: the test is sound
+
+
+@pytest.mark.parametrize("spec", [NET_SPECS[1], NET_SPECS[3]], ids=[NET_IDS[1], NET_IDS[3]])
+def test_replacing_only_dot_conv_leaves_the_adapter_out(spec):
+    """The ``.conv`` / ``.all_modules[0]`` alias of ConvDropoutNormReLU is real: an adapter set as
+    ``.conv`` alone never runs, so a liveness test is what catches a half-wired injection."""
+    net = pretrained_network(spec)
+    x = random_input(spec)
+    stage = net.encoder.stages[1]
+    block = stage[0].convs[0] if spec.arch == "plain" else stage.blocks[0].conv1
+    conv = block.conv
+    assert block.all_modules[0] is conv
+    with torch.no_grad():
+        reference = outputs(net, x)
+        wrapper = LoRACAdapter(conv, PeftConfig("lora_c", rank=2))
+        perturb_(list(wrapper.adapter_parameters()))
+        block._modules["conv"] = wrapper  # what a name-based injection does
+        assert torch.equal(outputs(net, x)[0], reference[0])
+        block.all_modules._modules["0"] = wrapper  # the registration the forward pass runs
+        assert max_abs_diff(outputs(net, x), reference) > 1e-4
+
+
+# -------------------------------------------------------------------------------------- merge
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("method", "mode"), MERGEABLE_METHOD_MODES, ids=[f"{m}-{o}" for m, o in MERGEABLE_METHOD_MODES])
+def test_merge_equals_unmerged_and_loads_into_a_stock_network(method, mode, spec, placement):
+    net = adapted(spec, method, mode, (placement,)).double()  # float64: the comparison is about algebra
+    perturb_(adapter_tensors(net))
+    x = random_input(spec, dtype=torch.float64)
+    with torch.no_grad():
+        unmerged = outputs(net, x)
+        merged_net = merge_adapters(net)
+        merged = outputs(merged_net, x)
+    scale = max(y.abs().max().item() for y in unmerged)
+    assert max_abs_diff(merged, unmerged) <= 1e-10 * scale
+    assert merged_net is net and not adapter_layers(net) and not hasattr(net, GROUPS_ATTR)
+    stock = build_network(spec, seed=123).double()
+    assert type(stock) is type(net)
+    stock.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        assert max_abs_diff(outputs(stock, x), merged) == 0.0
+
+
+def test_merge_of_hyps_is_refused_with_the_reason():
+    net = adapted(NET_SPECS[1], "hyps", "chain")
+    with pytest.raises(ValueError, match="hyps cannot be merged.*serial adapter"):
+        merge_adapters(net)
+    assert adapter_layers(net), "a refused merge must leave the network as it was"
+
+
+def test_merge_without_adapters_is_refused():
+    with pytest.raises(ValueError, match="holds no adapters"):
+        merge_adapters(pretrained_network(NET_SPECS[0]))
+
+
+# ----------------------------------------------------------------------------------- training
+def normalised_dora_magnitudes(network: nn.Module) -> list[nn.Parameter]:
+    """DoRA magnitudes of convolutions that an InstanceNorm follows directly.
+
+    A per-channel scale before InstanceNorm is normalised away (up to the norm's eps), so the
+    magnitude's gradient there is O(eps / variance) and an SGD step on it rounds to nothing in
+    float32. Those magnitudes are checked for a finite gradient instead of for movement; the
+    magnitudes of the transposed convolutions, which no norm follows, must move.
+    """
+    found = []
+    for block in network.modules():
+        conv, norm = getattr(block, "conv", None), getattr(block, "norm", None)
+        if isinstance(conv, ConvAdapter) and isinstance(norm, nn.modules.instancenorm._InstanceNorm):
+            if hasattr(conv, "dora_magnitude"):
+                found.append(conv.dora_magnitude)
+    return found
+
+
+def test_dora_magnitude_before_instance_norm_is_scale_invariant():
+    """Why ``normalised_dora_magnitudes`` are exempt from the movement check: doubling them leaves
+    the output unchanged to float32 precision."""
+    spec = NET_SPECS[1]
+    net = adapted(spec, "dora_c", "chain", ("encoder",))
+    x = random_input(spec)
+    magnitudes = normalised_dora_magnitudes(net)
+    assert len(magnitudes) == len(adapter_layers(net))
+    with torch.no_grad():
+        reference = outputs(net, x)
+        for m in magnitudes:
+            m.mul_(2.0)
+        assert max_abs_diff(outputs(net, x), reference) < 1e-3
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+def test_two_sgd_steps_move_every_adapter_tensor_and_nothing_frozen(method, mode, spec, placement):
+    net = adapted(spec, method, mode, (placement,)).train()
+    heads = {id(p) for p in net.decoder.seg_layers.parameters()}
+    adapters = {id(p) for p in adapter_tensors(net)}
+    trainable = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    assert adapters and {id(p) for p in trainable.values()} == adapters | heads, \
+        "exactly the adapters and the segmentation heads must be trainable"
+    frozen = {name: p.detach().clone() for name, p in net.named_parameters() if not p.requires_grad}
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+
+    x = random_input(spec)
+    g = torch.Generator().manual_seed(7)
+    targets = [torch.randn(y.shape, generator=g) for y in outputs(net, x)]
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.1, momentum=0.0)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = sum(F.mse_loss(y, t) for y, t in zip(outputs(net, x), targets))
+        loss.backward()
+        optimizer.step()
+
+    assert torch.isfinite(loss)
+    scale_invariant = normalised_dora_magnitudes(net)
+    for p in scale_invariant:
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    unchanged = [name for name, p in trainable.items()
+                 if torch.equal(p, before[name]) and id(p) not in {id(q) for q in scale_invariant}]
+    assert not unchanged, f"trainable tensors unchanged after two steps: {unchanged}"
+    moved = [name for name, p in net.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
+    assert not moved, f"frozen tensors changed: {moved}"
+    moved = [name for name, b in net.named_buffers() if not torch.equal(b, buffers[name])]
+    assert not moved, f"buffers changed: {moved}"
+
+
+# ------------------------------------------------------------------------------------- counts
+@pytest.mark.parametrize("rank", [3, 40], ids=["rank3", "rank40"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_trainable_counts_follow_the_formulas(method, spec, placement, rank):
+    net = pretrained_network(spec)
+    targets = [conv for _, conv in target_convolutions(net, (placement,))]
+    heads = sum(p.numel() for p in net.decoder.seg_layers.parameters())
+    inject_adapters(net, PeftConfig(method, rank=rank, placement=(placement,)))
+    layers = adapter_layers(net)
+    assert {id(layer.base_layer) for layer in layers} == {id(conv) for conv in targets}
+    if METHODS[method].family == "tensor":
+        groups: dict[tuple, int] = {}
+        for conv in targets:
+            groups[conv_layout_shape(conv)] = groups.get(conv_layout_shape(conv), 0) + 1
+        expected = sum(expected_group_count(method, shape, n, rank) for shape, n in groups.items())
+        for layer in layers:
+            n = groups[conv_layout_shape(layer.base_layer)]
+            assert layer.num_trainable_parameters() * n == expected_group_count(method, conv_layout_shape(layer.base_layer), n, rank)
+    else:
+        for layer in layers:
+            assert layer.num_trainable_parameters() == expected_layer_count(method, conv_layout_shape(layer.base_layer), rank)
+        expected = sum(expected_layer_count(method, conv_layout_shape(c), rank) for c in targets)
+    trainable, _ = count_parameters(net)
+    assert trainable == expected + heads
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_per_stage_table_adds_up(method):
+    net = adapted(NET_SPECS[3], method, None)
+    table = trainable_parameter_table(net)
+    rows = stage_rows(net)
+    trainable, total = count_parameters(net)
+    assert [r["stage"] for r in rows] == [s.name for s in network_stages(net)]
+    assert sum(r["trainable"] for r in rows) == trainable
+    assert sum(r["adapted"] for r in rows) == len(adapter_layers(net))
+    for r in rows:
+        assert r["stage"] in table
+    last = table.splitlines()[-1].split()
+    assert last[0] == "all" and int(last[2].replace(",", "")) == trainable and int(last[3].replace(",", "")) == total
+
+
+# --------------------------------------------------------------------------------------- DoRA
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("method", "mode"), DORA_METHOD_MODES, ids=[f"{m}-{o}" for m, o in DORA_METHOD_MODES])
+def test_dora_with_an_all_zero_output_channel_stays_finite(method, mode, spec):
+    net = pretrained_network(spec)
+    with torch.no_grad():
+        for _, conv in target_convolutions(net, PLACEMENTS):  # output channel 0 of every target: all zero
+            (conv.weight[:, 0] if conv_layout_shape(conv) != tuple(conv.weight.shape) else conv.weight[0]).zero_()
+    x = random_input(spec)
+    with torch.no_grad():
+        reference = outputs(net, x)
+    inject_adapters(net, PeftConfig(method, rank=3, forward_mode=mode))
+    with torch.no_grad():
+        assert max_abs_diff(outputs(net, x), reference) == 0.0
+        perturb_(adapter_tensors(net))  # the update now moves the zero channels
+    loss = sum(y.square().mean() for y in outputs(net, x))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for p in adapter_tensors(net):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+# ---------------------------------------------------------------------------------- save/load
+@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_save_load_round_trip_is_exact(method, spec, tmp_path):
+    net = adapted(spec, method, None)
+    perturb_([p for p in net.parameters() if p.requires_grad])
+    x = random_input(spec)
+    save_adapter(net, tmp_path / "adapter", metadata={"note": "test"})
+    loaded = load_adapter(pretrained_network(spec), tmp_path / "adapter")
+    saved_state, loaded_state = adapter_state_dict(net), adapter_state_dict(loaded)
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+    with torch.no_grad():
+        assert max_abs_diff(outputs(loaded, x), outputs(net, x)) == 0.0
+
+
+# ------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "lora"}, "method must be one of"),
+    ({"method": "lora_c", "rank": 0}, "rank must be an integer >= 1"),
+    ({"method": "lora_c", "rank": 2.0}, "rank must be an integer >= 1"),
+    ({"method": "lora_c", "placement": ()}, "placement must name at least one of"),
+    ({"method": "lora_c", "placement": ("middle",)}, "placement must be distinct values from"),
+    ({"method": "conv_lora", "forward_mode": "chain"}, "supports forward_mode in"),
+], ids=["unknown-method", "rank-0", "rank-float", "empty-placement", "unknown-placement", "unsupported-mode"])
+def test_unusable_configurations_say_what_was_expected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PeftConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_grouped_convolution_is_refused_before_anything_changes(method):
+    net = pretrained_network(NET_SPECS[1])
+    conv = net.encoder.stages[1][0].convs[0].conv
+    grouped = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=2)
+    replace_module(net, conv, grouped)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"grouped convolutions \(groups=2 at encoder\.1/.*Leave this layer out"):
+        inject_adapters(net, PeftConfig(method, rank=2))
+    assert not adapter_layers(net) and not hasattr(net, GROUPS_ATTR)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # a placement that leaves the grouped convolution out works
+    inject_adapters(net, PeftConfig(method, rank=2, placement=("decoder",)))
+
+
+def test_injecting_twice_is_refused():
+    net = adapted(NET_SPECS[0], "lora_c", "chain")
+    with pytest.raises(ValueError, match="already holds adapters"):
+        inject_adapters(net, PeftConfig("lora_c"))
+
+
+@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+def test_adapters_follow_the_dtype_of_the_network(method, mode):
+    spec = NET_SPECS[1]
+    x = random_input(spec, dtype=torch.float64)
+    with torch.no_grad():
+        reference = outputs(pretrained_network(spec).double(), x)
+        net = inject_adapters(pretrained_network(spec).double(), PeftConfig(method, rank=3, forward_mode=mode))
+        assert all(p.dtype == torch.float64 for p in adapter_tensors(net))
+        assert max_abs_diff(outputs(net, x), reference) <= 1e-12 * max(1.0, reference[0].abs().max().item())
