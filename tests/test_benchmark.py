@@ -295,3 +295,13 @@ def test_cost_helpers_on_their_own(tmp_path: Path):
     (tmp_path / "peft_summary.json").write_text(json.dumps({"trainable_parameters": "many"}))
     with pytest.raises(ValueError, match="trainable_parameters"):
         run_costs(tmp_path)
+
+
+def test_scratch_trainers_get_no_pretrained_weights(tmp_path: Path):
+    experiment = runs.Experiment(DATASET, CONFIG, PLANS, tmp_path, pretrained=tmp_path / "src.pth")
+    scratch = parse_trainer_name("nnUNetTrainerFinetune_scratch_5ep")
+    tuned = parse_trainer_name("nnUNetTrainerFinetune_5ep")
+    assert "-pretrained_weights" not in runs.train_command(experiment, runs.Run(scratch, 0), runs.RunState.NEW)
+    assert "-pretrained_weights" in runs.train_command(experiment, runs.Run(tuned, 0), runs.RunState.NEW)
+    # the from-scratch Finetune is not the reference for the paired tests
+    assert choose_reference([scratch, tuned], None)[0] == tuned.name

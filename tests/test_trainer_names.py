@@ -78,3 +78,12 @@ def test_trainer_module_answers_the_grammar():
     assert not hasattr(module, "nnUNetTrainerSomethingElse")
     with pytest.raises(TrainerNameError):
         getattr(module, "nnUNetTrainerCPLoRA_bogus")
+
+
+def test_scratch_is_a_finetune_token():
+    spec = parse_trainer_name("nnUNetTrainerFinetune_scratch_5ep_10it")
+    assert spec.scratch and spec.baseline == "finetune" and spec.epochs == 5
+    assert not parse_trainer_name("nnUNetTrainerFinetune").scratch
+    for bad in ["nnUNetTrainerCPLoRA_scratch", "nnUNetTrainerFinetune_scratch_scratch"]:
+        with pytest.raises(TrainerNameError, match="'scratch' is a Finetune token"):
+            parse_trainer_name(bad)

@@ -78,7 +78,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         pretrained = args.pretrained.resolve()
         if not pretrained.is_file():
             raise FileNotFoundError(f"pretrained checkpoint {args.pretrained} does not exist")
-    elif any(t.is_plugin for t in trainers) and not args.collect_only:
+    elif any(t.fine_tunes for t in trainers) and not args.collect_only:
         raise ValueError("plugin trainers fine-tune a pretrained network: give --pretrained CKPT")
 
     results_root = _env_folder("nnUNet_results", required=True)

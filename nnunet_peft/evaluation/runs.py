@@ -81,9 +81,9 @@ def train_command(experiment: Experiment, run: Run, state: RunState) -> list[str
     command = ["nnUNetv2_train", experiment.dataset, experiment.configuration, str(run.fold),
                "-p", experiment.plans, "-tr", run.trainer.name]
     if state is RunState.NEW:
-        # Plugin trainers start from the pretrained network; nnU-Net's own trainers train from
-        # scratch (the baseline a small dataset would otherwise get).
-        if run.trainer.is_plugin:
+        # Plugin trainers start from the pretrained network; nnU-Net's own trainers and 'scratch'
+        # ones train from random initialisation (the baseline a small dataset would otherwise get).
+        if run.trainer.fine_tunes:
             if experiment.pretrained is None:
                 raise ValueError(f"{run.trainer.name} fine-tunes a pretrained network: give --pretrained")
             command += ["-pretrained_weights", str(experiment.pretrained)]

@@ -21,6 +21,12 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class TrainerName:
     name: str
     method: str | None  # None for nnU-Net's own (stock) trainers
+    scratch: bool = False  # a plugin trainer that trains from random initialisation
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether it starts from the pretrained checkpoint (plugin trainers but 'scratch' ones)."""
+        return self.is_plugin and not self.scratch
 
     @property
     def is_plugin(self) -> bool:
@@ -37,7 +43,8 @@ def parse_trainer_name(name: str) -> TrainerName:
     if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"trainer name {name!r} is not a Python class name")
     if grammar.is_plugin_name(name):
-        return TrainerName(name, grammar.parse_trainer_name(name).method)
+        spec = grammar.parse_trainer_name(name)
+        return TrainerName(name, spec.method, spec.scratch)
     head = name[len(PREFIX):].split("_")[0] if name.startswith(PREFIX) else ""
     # a case slip would otherwise silently turn an adapter run into a from-scratch stock run
     if head.lower() in {m.lower() for m in grammar.METHOD_TOKENS}:
@@ -58,7 +65,7 @@ def choose_reference(trainers: list[TrainerName], reference: str | None) -> tupl
         if reference not in names:
             raise ValueError(f"--reference {reference} is not among the trainers ({', '.join(names)})")
         return reference, f"Paired tests compare each method with {reference} (chosen with --reference)."
-    finetune = [t.name for t in trainers if t.method == REFERENCE_METHOD]
+    finetune = [t.name for t in trainers if t.method == REFERENCE_METHOD and not t.scratch]
     if len(finetune) > 1:
         raise ValueError(f"several {REFERENCE_METHOD} trainers ({', '.join(finetune)}); say which one "
                          "the paired tests compare against with --reference NAME")

@@ -42,6 +42,8 @@ GRAMMAR = f"""\
             a<int>           alpha (adapters only; default = rank)
             <int>ep          number of epochs (default {DEFAULT_EPOCHS})
             <int>it          training iterations per epoch (default {DEFAULT_ITERATIONS})
+            scratch          Finetune only: train from random initialisation, refusing
+                             -pretrained_weights (the from-scratch baseline, same schedule)
     e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep"""
 
 _PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
@@ -64,6 +66,7 @@ class TrainerSpec:
     alpha: int | None = None
     epochs: int = DEFAULT_EPOCHS
     iterations: int = DEFAULT_ITERATIONS
+    scratch: bool = False
 
     @property
     def peft_method(self) -> str | None:
@@ -102,7 +105,13 @@ def parse_trainer_name(name: str) -> TrainerSpec:
     tokens = rest[len(method):].split("_")[1:]
     placement: list[str] = []
     values: dict[str, int] = {}
+    scratch = False
     for token in tokens:
+        if token == "scratch":
+            if method != "Finetune" or scratch:
+                raise fail("'scratch' is a Finetune token and appears at most once")
+            scratch = True
+            continue
         if token in _PLACEMENT_TOKENS:
             if _PLACEMENT_TOKENS[token] in placement:
                 raise fail(f"placement token {token!r} appears twice")
@@ -133,7 +142,7 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         name=name, method=method, placement=ordered,
         rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
         epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
-        iterations=values.get("iterations", DEFAULT_ITERATIONS),
+        iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch,
     )
     if spec.peft_method is not None:
         spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules

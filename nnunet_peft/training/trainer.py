@@ -91,6 +91,8 @@ class nnUNetTrainerPeft(nnUNetTrainer):
             return
         super().initialize()
         pretrained = pretrained_weights_argument()
+        if pretrained is not None and self.spec.scratch:
+            raise ValueError(f"{self.spec.name} trains from scratch; drop -pretrained_weights or the 'scratch' token")
         if pretrained is not None:
             # before nnU-Net's own bare assertion, with an error that says what to do
             check_pretrained_compatible(unwrap(self.network), pretrained, self.plans_manager.dataset_name)
@@ -104,7 +106,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         pretrained = None if from_checkpoint else pretrained_weights_argument()
         if pretrained is not None:
             self.print_to_log_file(load_matching_heads(network, pretrained))
-        elif not from_checkpoint and spec.method != "Finetune":
+        elif not from_checkpoint and not spec.scratch:
             self.print_to_log_file(f"WARNING: {spec.name} is meant to start from -pretrained_weights; none were given, "
                                    "so it adapts a randomly initialised network.")
         if spec.peft_method is not None:
