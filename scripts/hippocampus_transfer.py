@@ -1,0 +1,131 @@
+"""The project's figures on real data: hippocampus transfer on the Decathlon sample in ../shared/data.
+
+Source task: the whole hippocampus (anterior and posterior merged) on most cases. Target task: the
+anterior / posterior split, learnt from few cases in k-fold cross-validation and tested on cases
+seen by neither. Every method is run through nnU-Net's own commands and the plugin's CLI:
+
+    convert (paired, via symlinks) -> nnUNetv2_plan_and_preprocess (source) -> pretrain (source)
+    -> plan-from-checkpoint (target) -> nnunet-peft benchmark (all trainers, all folds, test set)
+
+    python scripts/hippocampus_transfer.py --work /tmp/hippo --epochs 8 --iterations 12
+
+The data are read in place and never copied into the repository; the work folder holds links,
+nnU-Net's folders and the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus_sample"
+ADAPTERS = ["LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA", "CPDoRA", "LoRAPT", "TCURLoRA", "HyPS"]
+
+
+def trainers(epochs: int, iterations: int) -> list[str]:
+    schedule = f"{epochs}ep_{iterations}it"
+    return ([f"nnUNetTrainer{m}_{schedule}" for m in ADAPTERS + ["Finetune", "SegHead"]]
+            + ["nnUNetTrainerNoFinetune", f"nnUNetTrainerFinetune_scratch_{schedule}"])
+
+
+def link_subset(cases: list[str], folder: Path, test_layout: bool = False) -> Path:
+    """Symlinks to the cases' image and label files."""
+    # the layout `nnunet-peft convert paired` reads by default, or nnU-Net's input naming for the test set
+    images, labels = (folder / "imagesTs", folder / "labelsTs") if test_layout else (folder / "images", folder / "masks")
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for case in cases:
+        (images / (f"{case}_0000.nii.gz" if test_layout else f"{case}.nii.gz")).symlink_to(DATA / "imagesTr" / f"{case}.nii.gz")
+        (labels / f"{case}.nii.gz").symlink_to(DATA / "labelsTr" / f"{case}.nii.gz")
+    return folder
+
+
+def step(title: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+    slug = "".join(c if c.isalnum() else "_" for c in title.split(" (")[0]).strip("_")
+    log = log_dir / f"{len(list(log_dir.glob('*.log'))):02d}_{slug}.log"
+    start = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] {title} ...", flush=True)
+    with log.open("w") as f:
+        code = subprocess.call(command, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"{title} failed (exit {code}); log: {log}\n{tail}")
+    print(f"    done in {time.time() - start:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="work folder (created; must not exist)")
+    p.add_argument("--n-target", type=int, default=15, help="target training cases (10-20)")
+    p.add_argument("--n-test", type=int, default=30, help="held-out test cases")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8, help="target fine-tuning epochs")
+    p.add_argument("--iterations", type=int, default=12, help="target iterations per epoch")
+    p.add_argument("--source-epochs", type=int, default=20)
+    p.add_argument("--source-iterations", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="override the planned batch size (nnU-Net plans 6 for this task; 2 makes a CPU run "
+                        "3x cheaper). Preprocessing does not depend on it, so the plans are edited after it.")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} is absent (the Decathlon hippocampus sample lives in ../shared/data)")
+        return 0
+    from nnunet_peft.commands.trainer_dir import trainer_dir
+
+    work = args.work.resolve()
+    work.mkdir(parents=True)
+    env = dict(os.environ)
+    for key, sub in [("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")]:
+        (work / sub).mkdir()
+        env[key] = str(work / sub)
+    env["nnUNet_extTrainer"] = str(trainer_dir())
+    logs = work / "logs"
+    logs.mkdir()
+
+    cases = sorted(p.name[:-7] for p in (DATA / "imagesTr").glob("hippocampus_*.nii.gz"))
+    order = np.random.default_rng(args.seed).permutation(len(cases))
+    test = [cases[i] for i in order[:args.n_test]]
+    target = [cases[i] for i in order[args.n_test:args.n_test + args.n_target]]
+    source = [cases[i] for i in order[args.n_test + args.n_target:]]
+    print(f"{len(source)} source, {len(target)} target ({args.folds}-fold CV), {len(test)} test cases; work folder {work}")
+    src_links, tgt_links = link_subset(source, work / "links" / "source"), link_subset(target, work / "links" / "target")
+    test_links = link_subset(test, work / "links" / "test", test_layout=True)
+
+    py = sys.executable
+    convert = [py, "-m", "nnunet_peft.cli", "convert", "paired"]
+    step("convert source (labels 1, 2 -> 1)", convert + [str(src_links), "-d", "501", "-n", "HippocampusWhole",
+         "--labels", ">0->1", "--label-names", "hippocampus", "--channel-name", "MRI", "-q"], env, logs)
+    step("convert target (anterior / posterior)", convert + [str(tgt_links), "-d", "502", "-n", "HippocampusSplit",
+         "--label-names", "anterior,posterior", "--channel-name", "MRI", "--folds", str(args.folds), "-q"], env, logs)
+    step("plan and preprocess the source", ["nnUNetv2_plan_and_preprocess", "-d", "501", "-c", "3d_fullres", "-np", "2"],
+         env, logs)
+    if args.batch_size:
+        plans_file = work / "preprocessed" / "Dataset501_HippocampusWhole" / "nnUNetPlans.json"
+        plans = json.loads(plans_file.read_text())
+        print(f"    batch size {plans['configurations']['3d_fullres']['batch_size']} -> {args.batch_size}")
+        plans["configurations"]["3d_fullres"]["batch_size"] = args.batch_size
+        plans_file.write_text(json.dumps(plans, indent=2))
+    pretrain = f"nnUNetTrainerFinetune_scratch_{args.source_epochs}ep_{args.source_iterations}it"
+    step(f"pretrain on the source ({pretrain}, fold all)",
+         ["nnUNetv2_train", "501", "3d_fullres", "all", "-tr", pretrain, "-device", args.device], env, logs)
+    checkpoint = work / "results" / "Dataset501_HippocampusWhole" / f"{pretrain}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+    step("plan the target from the checkpoint", [py, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", "502",
+         "-c", str(checkpoint), "-np", "2"], env, logs)
+    step("benchmark every method", [py, "-m", "nnunet_peft.cli", "benchmark", "-d", "502", "-c", "3d_fullres",
+         "-p", "nnUNetPlans_pretrained", "--pretrained", str(checkpoint), "--trainers", *trainers(args.epochs, args.iterations),
+         "--folds", *map(str, range(args.folds)), "--device", args.device, "--test-images", str(test_links / "imagesTs"),
+         "--test-labels", str(test_links / "labelsTs"), "--out", str(work / "benchmark")], env, logs)
+    print(f"report: {work / 'benchmark' / 'report' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
