@@ -166,3 +166,18 @@ def test_narrow_plans_keep_the_data_and_scale_the_width(tmp_path):
 def test_tables_are_written(tmp_path):
     write_tables([MethodResult("LoRAC", "t", [0.5], 10.0, None)], tmp_path)
     assert (tmp_path / "results.md").read_text().splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | 10 s |"
+
+
+def test_split_validates_on_the_last_cases_and_is_kept(tmp_path):
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    (raw / "labelsTr").mkdir(parents=True)
+    pre.mkdir()
+    for i in (3, 1, 0, 2):
+        (raw / "labelsTr" / f"sah_{i:03d}.nii.gz").touch()
+    path = pipeline.write_split(raw, pre, 2)
+    assert json.loads(path.read_text()) == [{"train": ["sah_000", "sah_001"], "val": ["sah_002", "sah_003"]}]
+    path.write_text("[]")
+    pipeline.write_split(raw, pre, 1)
+    assert path.read_text() == "[]"
+    with pytest.raises(ValueError, match="holds 4 cases"):
+        pipeline.write_split(raw, tmp_path, 4)

@@ -9,6 +9,7 @@ demo resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -32,6 +33,9 @@ TARGET_PLANS = "nnUNetPlans_pretrained"  # plan-from-checkpoint's default name
 SUMMARY_NAME = "peft_summary.json"  # written by the plugin's trainers into fold_K/
 NUM_SOURCE_CASES = 30
 NUM_TARGET_TRAIN, NUM_TARGET_TEST = 24, 6  # about the size of a small SAH cohort
+# nnU-Net validates on the held-out fold after training, with mirroring: minutes on a CPU for the
+# default 20% of cases. The demo scores the held-out test cases instead, so its fold keeps only two.
+NUM_VALIDATION_CASES = 2
 METHODS: tuple[str, ...] = ("CPLoRA", "LoRAC", "DoRAC", "Finetune", "NoFinetune")
 DEFAULT_WORKDIR = Path("nnunet_peft_demo")
 
@@ -177,6 +181,9 @@ def nnunet_environment(rs: ResolvedSettings, base: dict[str, str] | None = None)
         "nnUNet_results": str(rs.results), "nnUNet_extTrainer": os.pathsep.join(ext),
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen
     })
+    # nnU-Net spawns this many export workers (default 8), each importing torch: on a small machine
+    # starting them costs more than the exports
+    env.setdefault("nnUNet_def_n_proc", str(rs.num_processes))
     return env
 
 
@@ -218,7 +225,6 @@ def nnunet_cli(entry_point: str) -> list[str]:
 _CLI = {
     "plan_and_preprocess": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
     "train": "nnunetv2.run.run_training:run_training_entry",
-    "predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
 }
 
 
@@ -327,6 +333,8 @@ class Demo:
 
     def _train(self, log_file: Path, dataset_id: int, trainer: str, plans: str, epochs: int,
                pretrained: Path | None = None) -> dict:
+        name = SOURCE_NAME if dataset_id == SOURCE_ID else TARGET_NAME
+        write_split(self.rs.raw / name, self.rs.preprocessed / name, NUM_VALIDATION_CASES)
         command = nnunet_cli(_CLI["train"]) + [str(dataset_id), CONFIGURATION, str(FOLD), "-tr", trainer,
                                                "-p", plans, "-device", self.rs.device]
         if pretrained is not None:
@@ -348,10 +356,17 @@ class Demo:
         output = rs.predictions / trainer
         staging = rs.predictions / f".{trainer}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        run_logged(nnunet_cli(_CLI["predict"]) + [
-            "-i", str(rs.raw / TARGET_NAME / "imagesTs"), "-o", str(staging), "-d", str(TARGET_ID),
-            "-c", CONFIGURATION, "-p", TARGET_PLANS, "-tr", trainer, "-f", str(FOLD), "-device", rs.device,
-            "-npp", "1", "-nps", "1", "--disable_progress_bar"], log_file, self.env, f"predict with {trainer}")
+        staging.mkdir(parents=True)  # the sequential predictor writes its arguments there first
+        model = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_file, "w") as log, _patched_environ(self.env), \
+                    contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                predict_folder(model, rs.raw / TARGET_NAME / "imagesTs", staging, rs.device)
+        except Exception as e:
+            tail = log_file.read_text(errors="replace").splitlines()[-25:]
+            raise DemoStepFailed(f"step 'predict with {trainer}' failed ({type(e).__name__}: {e}); full log: "
+                                 f"{log_file}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)) from e
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)
         return {}
@@ -376,6 +391,50 @@ def write_narrow_plans(dataset_folder: Path, base_features: int, plans_name: str
     plans["plans_name"] = plans_name
     path = dataset_folder / f"{plans_name}.json"
     path.write_text(json.dumps(plans, indent=4))
+    return path
+
+
+def predict_folder(model_folder: Path, images: Path, output: Path, device: str) -> None:
+    """nnU-Net's predictor (as nnUNetv2_predict) run in this process, sequentially.
+
+    A subprocess per method would re-import torch and nnU-Net and spawn preprocessing and export
+    workers that do the same: on a 2-core machine that cost minutes per method for six small volumes.
+    Test-time mirroring (8 forward passes per window in 3-D) is nnU-Net's default on a GPU; on a CPU
+    it made prediction the demo's slowest step, so there it is off (as nnUNetv2_predict --disable_tta).
+    """
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    on_gpu = device == "cuda"
+    predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=on_gpu,
+                                use_mirroring=on_gpu, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(FOLD,))
+    predictor.predict_from_files_sequential(str(images), str(output))
+
+
+@contextlib.contextmanager
+def _patched_environ(env: dict[str, str]):
+    """nnU-Net reads nnUNet_extTrainer from os.environ when it looks a trainer up by name."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def write_split(raw_dataset: Path, preprocessed_dataset: Path, num_val: int) -> Path:
+    """Fold 0 of ``splits_final.json``: the last ``num_val`` training cases validate, the rest train.
+
+    An existing split file is kept (nnU-Net's rule: splits are never silently replaced).
+    """
+    path = preprocessed_dataset / "splits_final.json"
+    if not path.is_file():
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (raw_dataset / "labelsTr").glob("*.nii.gz"))
+        if len(cases) <= num_val:
+            raise ValueError(f"{raw_dataset / 'labelsTr'} holds {len(cases)} cases; need more than {num_val}")
+        path.write_text(json.dumps([{"train": cases[:-num_val], "val": cases[-num_val:]}], indent=2))
     return path
 
 
