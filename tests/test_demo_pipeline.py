@@ -38,7 +38,8 @@ def test_resolved_names_follow_the_trainer_grammar(tmp_path):
     rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
     assert rs.base_features == 16 and rs.source_plans == "nnUNetPlans_demo16"
     s = pipeline.SCHEDULES[("cpu", False)]
-    assert rs.pretrain_trainer == f"nnUNetTrainerFinetune_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
+    assert rs.pretrain_trainer == f"nnUNetTrainerFinetune_scratch_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
+    assert parse_trainer_name(rs.pretrain_trainer).scratch
     assert rs.finetune_trainer("CPLoRA") == f"nnUNetTrainerCPLoRA_{s.finetune_epochs}ep_{s.finetune_iterations}it"
     assert rs.finetune_trainer("NoFinetune") == "nnUNetTrainerNoFinetune"
     for name in [rs.pretrain_trainer] + [rs.finetune_trainer(m) for m in pipeline.METHODS]:

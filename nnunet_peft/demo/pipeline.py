@@ -105,10 +105,10 @@ class ResolvedSettings:
     @property
     def pretrain_trainer(self) -> str:
         s = self.schedule
-        # the plugin's Finetune trainer without -pretrained_weights is stock nnU-Net training (all
-        # parameters, random init) with a schedule in its name; nnU-Net's own nnUNetTrainer_Xepochs
-        # variants keep 250 iterations per epoch, far too many for a CPU demo
-        return f"nnUNetTrainerFinetune_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
+        # the plugin's from-scratch Finetune trainer is stock nnU-Net training (all parameters,
+        # random init; it refuses -pretrained_weights) with a schedule in its name; nnU-Net's own
+        # nnUNetTrainer_Xepochs variants keep 250 iterations per epoch, far too many for a CPU demo
+        return f"nnUNetTrainerFinetune_scratch_{s.pretrain_epochs}ep_{s.pretrain_iterations}it"
 
     def finetune_trainer(self, method: str) -> str:
         if method == "NoFinetune":
