@@ -10,7 +10,7 @@ supervision) and measures, side by side in one process:
   any adapter on every convolution can cost), and for every method x forward mode with adapters
   on all three placements;
 * the peak memory of a training step (on CUDA ``max_memory_allocated``; on CPU the peak resident
-  set of a fresh subprocess per configuration, since the CPU allocator keeps no statistics);
+  set (VmHWM) of a fresh subprocess per configuration, since the CPU allocator keeps no statistics);
 * the inference time of the merged network (HyPS: parallel part merged, serial part kept) against
   the base network.
 
@@ -27,7 +27,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -202,14 +201,25 @@ def memory_probe(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
     setting = next(s for s in all_settings(list(METHODS)) if s.name == args.memory_probe)
     x, targets = make_batch(args, device)
-    # ru_maxrss is the high-water mark in KiB (Linux); the baseline is taken before the network exists
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = proc_status_kib("VmRSS")  # before the network exists
     net, optimizer = prepare(setting, args, device)
     step = Stepper(net, optimizer, device, frozen=setting.name == "frozen")
-    for _ in range(2):
+    for _ in range(2):  # the second step holds activations, gradients and momentum at once
         step(x, targets)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_bytes": (peak - baseline) * 1024}))
+    print(json.dumps({"peak_bytes": (proc_status_kib("VmHWM") - baseline) * 1024}))
+
+
+def proc_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB.
+
+    VmHWM (peak resident set) belongs to the process's own address space, so a fresh subprocess
+    starts from zero; getrusage's ru_maxrss does not: Linux carries the parent's high-water mark
+    over fork and exec, which hides the child's peak under the parent's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status; the CPU memory probe needs Linux")
 
 
 # --------------------------------------------------------------------------------- inference
@@ -244,6 +254,8 @@ def run(args: argparse.Namespace) -> str:
         print(f"training repeat {repeat + 1}/{args.warmup + args.repeats} done", file=sys.stderr)
 
     peaks: dict[str, int] = {}
+    if args.out:  # the timings so far, in case the slower memory probes are interrupted
+        args.out.write_text(report(args, settings, times, peaks, {}, trainable) + "\n")
     if not args.no_memory:
         for s in settings:
             if device.type == "cuda":
@@ -269,6 +281,7 @@ def run(args: argparse.Namespace) -> str:
 def report(args, settings, times, peaks, inf_times, trainable) -> str:
     med = {k: statistics.median(v) for k, v in times.items()}
     inf = {k: statistics.median(v) for k, v in inf_times.items()}
+    base_inference = f"; base inference {inf['base']:.3f} s." if "base" in inf else "."
     full = med["full"]
     lines = [
         f"Machine: {machine(args)}",
@@ -277,7 +290,7 @@ def report(args, settings, times, peaks, inf_times, trainable) -> str:
         f"rank {args.rank}, adapters on encoder + bottleneck + decoder; median of {args.repeats} steps after "
         f"{args.warmup} warm-up. Full fine-tuning: {full:.3f} s/step"
         + (f", {peaks['full'] / 2 ** 20:.0f} MiB peak" if peaks else "")
-        + f"; base inference {inf['base']:.3f} s.",
+        + base_inference,
         "",
         "| method | forward mode | train step / full FT | peak memory / full FT | merged inference / base | trainable params |",
         "|---|---|---|---|---|---|",
