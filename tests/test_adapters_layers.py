@@ -124,8 +124,10 @@ def test_layer_forward_equals_one_conv_with_the_specified_kernel(method, mode, n
         expected = reference_forward(layer, method, x)
         assert (expected - stock).abs().max().item() > 1e-3  # the perturbation matters
         got = layer(x)
+        got_eval = layer.eval()(x)  # eval mode (validation, prediction) always rebuilds the kernel
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() <= 1e-10 * expected.abs().max().item()
+    assert (got_eval - expected).abs().max().item() <= 1e-10 * expected.abs().max().item()
     assert torch.allclose(layer.adapted_weight(), reference_weight(layer, method), rtol=0, atol=1e-12)
 
 

@@ -64,7 +64,7 @@ class HyPSAdapter(ConvAdapter):
         return y + self.pointwise(self.act(self.pointwise(y, self.serial_down)), self.serial_up * self.scaling)
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forward_mode == "reconstruct":
+        if self.forward_mode == "reconstruct" or not self.training:  # see LowRankAdapter
             y = self.conv(x, self.adapted_weight(), self.base_layer.bias)
         else:
             residual = (self.base_weight() - self._product(self.parallel_B0, self.parallel_A0)).detach()

@@ -47,7 +47,9 @@ class LowRankAdapter(ConvAdapter):
         raise NotImplementedError
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forward_mode == "reconstruct":
+        # The chain only pays off in training, by avoiding the kernel's weight gradient; in eval mode
+        # (validation, prediction) one convolution with the rebuilt kernel costs what a merged network costs.
+        if self.forward_mode == "reconstruct" or not self.training:
             return super().adapter_forward(x)
         y = self.base_layer(x) + self.chain(x)
         if not self.dora:
