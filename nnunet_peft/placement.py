@@ -88,6 +88,8 @@ def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> int:
     count = 0
     # listed before replacing: the new module wraps ``old`` and must not be walked into
     for parent in list(root.modules()):
+        if parent is new:  # the wrapper holds ``old`` as its base layer; that reference must stay
+            continue
         for name, child in list(parent._modules.items()):
             if child is old:
                 parent._modules[name] = new
