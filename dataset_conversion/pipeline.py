@@ -316,7 +316,7 @@ def _write_json_atomically(data: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        partial.write_text(json.dumps(data, indent=2))
+        partial.write_text(json.dumps(data, indent=2), encoding="utf-8")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

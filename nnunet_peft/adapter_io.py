@@ -48,7 +48,7 @@ def save_adapter(network: nn.Module, directory: str | Path, metadata: dict[str, 
         raise ValueError("the network holds no adapters (inject_adapters first)")
     with staged_folder(directory, overwrite=True) as tmp:
         save_file(adapter_state_dict(network), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps({"peft_config": config.to_dict(), **(metadata or {})}, indent=2))
+        (tmp / CONFIG_NAME).write_text(json.dumps({"peft_config": config.to_dict(), **(metadata or {})}, indent=2), encoding="utf-8")
     return directory
 
 
@@ -56,7 +56,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a folder written by save_adapter / nnunet-peft export-adapter")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_adapter(network: nn.Module, directory: str | Path) -> nn.Module:

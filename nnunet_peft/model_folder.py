@@ -28,7 +28,7 @@ def fold_dirs(model_folder: Path, checkpoint: str = CHECKPOINT) -> list[Path]:
 def read_json(path: Path) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found")
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def network_inputs(plans: dict, dataset_json: dict, configuration: str):

@@ -379,7 +379,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
     target_json_path = raw / dataset_name / "dataset.json"
     if not target_json_path.is_file():
         raise FileNotFoundError(f"{target_json_path} is missing; every nnU-Net raw dataset needs one")
-    target_dataset_json = json.loads(target_json_path.read_text())
+    target_dataset_json = json.loads(target_json_path.read_text(encoding="utf-8"))
     ckpt = read_checkpoint(checkpoint)
     configuration = configuration or ckpt.configuration
     if configuration != ckpt.configuration:
@@ -394,7 +394,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
                   "intensity_properties": intensity_properties, "checkpoint": str(ckpt.path)}
     if plans_path.is_file() and not overwrite:
         # same checkpoint and settings: a rerun (e.g. after adding cases) that refreshes its own output
-        existing = json.loads(plans_path.read_text()).get("pretrained_from")
+        existing = json.loads(plans_path.read_text(encoding="utf-8")).get("pretrained_from")
         if existing != provenance:
             raise FileExistsError(f"{plans_path} exists and was not made from this checkpoint with these settings "
                                   f"(it records {existing}); pass --overwrite to replace it or choose another "
@@ -409,7 +409,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
         fp_args = ["-d", str(dataset_id), "-np", str(num_processes), "--clean"]
         _run_nnunet("extract_fingerprint_entry", "nnUNetv2_extract_fingerprint",
                     fp_args + (["--verify_dataset_integrity"] if verify_dataset_integrity else []), env, log)
-        fingerprint = json.loads((staged / "dataset_fingerprint.json").read_text())
+        fingerprint = json.loads((staged / "dataset_fingerprint.json").read_text(encoding="utf-8"))
 
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
@@ -424,7 +424,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
         plans["pretrained_from"] = provenance  # adds the checkpoint path, which build_target_plans does not know
         check_weights_fit(plans, configuration, target_dataset_json, ckpt.network_weights, ckpt.path)
 
-        (staged / f"{plans_name}.json").write_text(json.dumps(plans, indent=4))
+        (staged / f"{plans_name}.json").write_text(json.dumps(plans, indent=4), encoding="utf-8")
         shutil.copyfile(target_json_path, staged / "dataset.json")
         _run_nnunet("preprocess_entry", "nnUNetv2_preprocess",
                     ["-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration,

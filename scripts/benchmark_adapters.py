@@ -193,7 +193,7 @@ def cpu_peak_bytes_subprocess(setting: Setting, args: argparse.Namespace) -> int
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", setting.name,
            "--stages", str(args.stages), "--patch", str(args.patch), "--batch", str(args.batch),
            "--rank", str(args.rank), "--threads", str(args.threads), "--device", "cpu"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, encoding="utf-8", errors="replace").stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
 

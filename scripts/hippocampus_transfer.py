@@ -51,10 +51,10 @@ def step(title: str, command: list[str], env: dict[str, str], log_dir: Path) -> 
     log = log_dir / f"{len(list(log_dir.glob('*.log'))):02d}_{slug}.log"
     start = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {title} ...", flush=True)
-    with log.open("w") as f:
+    with log.open("w", encoding="utf-8") as f:
         code = subprocess.call(command, env=env, stdout=f, stderr=subprocess.STDOUT)
     if code != 0:
-        tail = log.read_text()[-3000:]
+        tail = log.read_text(encoding="utf-8")[-3000:]
         raise SystemExit(f"{title} failed (exit {code}); log: {log}\n{tail}")
     print(f"    done in {time.time() - start:.0f} s", flush=True)
 
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
          env, logs)
     if args.batch_size:
         plans_file = work / "preprocessed" / "Dataset501_HippocampusWhole" / "nnUNetPlans.json"
-        plans = json.loads(plans_file.read_text())
+        plans = json.loads(plans_file.read_text(encoding="utf-8"))
         print(f"    batch size {plans['configurations']['3d_fullres']['batch_size']} -> {args.batch_size}")
         plans["configurations"]["3d_fullres"]["batch_size"] = args.batch_size
-        plans_file.write_text(json.dumps(plans, indent=2))
+        plans_file.write_text(json.dumps(plans, indent=2), encoding="utf-8")
     pretrain = f"nnUNetTrainerFinetune_scratch_{args.source_epochs}ep_{args.source_iterations}it"
     step(f"pretrain on the source ({pretrain}, fold all)",
          ["nnUNetv2_train", "501", "3d_fullres", "all", "-tr", pretrain, "-device", args.device], env, logs)

@@ -55,7 +55,7 @@ def training_env(env: dict[str, str]) -> dict[str, str]:
 
 def run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Run a command; on failure, the error shows the command and the tail of its output."""
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace")
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

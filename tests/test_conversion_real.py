@@ -102,7 +102,7 @@ def test_nnunet_verifies_and_preprocesses_the_converted_datasets(converted) -> N
     splits_before = (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text()
     run = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "4", "5", "--verify_dataset_integrity",
                           "-c", "3d_fullres", "-np", "1", "--no_pbar"],
-                         env=env, capture_output=True, text=True, timeout=900)
+                         env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count("verify_dataset_integrity Done") == 2
     assert "Error" not in run.stdout and "Warning" not in run.stdout, run.stdout[-3000:]

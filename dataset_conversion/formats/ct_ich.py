@@ -67,7 +67,7 @@ class CtIch(Layout):
         """Patient number -> subtypes seen on any of its slices."""
         subtypes: dict[int, set[str]] = {}
         try:
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError:
             return {}, Problem(f"{CSV_NAME} not found; INPUT must be the CT-ICH folder holding it, ct_scans/ and "

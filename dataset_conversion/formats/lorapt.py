@@ -43,7 +43,7 @@ class LoraPt(Layout):
         exclude = list(args.exclude)
         if args.exclude_file is not None:
             try:
-                text = args.exclude_file.read_text()
+                text = args.exclude_file.read_text(encoding="utf-8")
             except OSError as e:
                 raise FileNotFoundError(f"--exclude-file {args.exclude_file} cannot be read: {e.strerror}") from None
             exclude += _subject_list("\n".join(line.split("#")[0] for line in text.splitlines()))

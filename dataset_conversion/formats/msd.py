@@ -31,7 +31,7 @@ class Msd(Layout):
     def _read_meta(self, root: Path) -> tuple[dict | None, Problem | None]:
         path = root / "dataset.json"
         try:
-            meta = json.loads(path.read_text())
+            meta = json.loads(path.read_text(encoding="utf-8"))
             modality, labels = meta["modality"], meta["labels"]
             channels = {int(k): str(v) for k, v in modality.items()}
             label_values = {str(v): int(k) for k, v in labels.items()}

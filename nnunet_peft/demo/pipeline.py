@@ -194,12 +194,12 @@ def run_logged(command: Sequence[str], log_file: Path, env: dict[str, str], step
                progress: Callable[[str], None] | None = None, tail_lines: int = 25) -> None:
     """Run ``command``, writing its output to ``log_file``; report nnU-Net's epoch lines to ``progress``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log:
+    with open(log_file, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         try:
             proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=env, text=True, errors="replace")
+                                    env=env, encoding="utf-8", errors="replace")
         except FileNotFoundError as e:
             raise DemoStepFailed(f"step '{step}' could not start {command[0]!r} ({e}); is nnU-Net installed "
                                  f"in this Python environment?") from e
@@ -211,7 +211,7 @@ def run_logged(command: Sequence[str], log_file: Path, env: dict[str, str], step
                 progress(m.group(1))
         code = proc.wait()
     if code != 0:
-        tail = log_file.read_text(errors="replace").splitlines()[-tail_lines:]
+        tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-tail_lines:]
         raise DemoStepFailed(f"step '{step}' failed (exit code {code}); full log: {log_file}\n"
                              f"--- last {len(tail)} lines ---\n" + "\n".join(tail))
 
@@ -263,13 +263,13 @@ class Demo:
         marker = self._marker(key)
         if marker.is_file():
             self.out(f"{prefix}: done before, skipped")
-            return json.loads(marker.read_text())
+            return json.loads(marker.read_text(encoding="utf-8"))
         self.out(f"{prefix} ...")
         start = time.monotonic()
         record = action(self.rs.logs / f"{key}.log") or {}
         record["seconds"] = round(time.monotonic() - start, 1)
         self.rs.state.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(record, indent=2))
+        marker.write_text(json.dumps(record, indent=2), encoding="utf-8")
         self.out(f"[{self._elapsed()}]        done in {_duration(record['seconds'])}")
         return record
 
@@ -360,11 +360,11 @@ class Demo:
         model = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(log_file, "w") as log, _patched_environ(self.env), \
+            with open(log_file, "w", encoding="utf-8") as log, _patched_environ(self.env), \
                     contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 predict_folder(model, rs.raw / TARGET_NAME / "imagesTs", staging, rs.device)
         except Exception as e:
-            tail = log_file.read_text(errors="replace").splitlines()[-25:]
+            tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
             raise DemoStepFailed(f"step 'predict with {trainer}' failed ({type(e).__name__}: {e}); full log: "
                                  f"{log_file}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)) from e
         shutil.rmtree(output, ignore_errors=True)
@@ -374,7 +374,7 @@ class Demo:
     def _collect(self, method: str, trainer: str, train_seconds: float | None) -> MethodResult:
         rs = self.rs
         summary_file = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS) / f"fold_{FOLD}" / SUMMARY_NAME
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
         dice = dice_scores(rs.raw / TARGET_NAME / "labelsTs", rs.predictions / trainer)
         return MethodResult(method, trainer, dice, train_seconds, summary)
 
@@ -384,13 +384,13 @@ def write_narrow_plans(dataset_folder: Path, base_features: int, plans_name: str
 
     Only the network changes; the data identifier stays, so the preprocessed data are shared.
     """
-    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text())
+    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
     arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
     planned = list(arch["features_per_stage"])
     arch["features_per_stage"] = [max(1, round(f * base_features / planned[0])) for f in planned]
     plans["plans_name"] = plans_name
     path = dataset_folder / f"{plans_name}.json"
-    path.write_text(json.dumps(plans, indent=4))
+    path.write_text(json.dumps(plans, indent=4), encoding="utf-8")
     return path
 
 
@@ -434,7 +434,7 @@ def write_split(raw_dataset: Path, preprocessed_dataset: Path, num_val: int) -> 
         cases = sorted(p.name[: -len(".nii.gz")] for p in (raw_dataset / "labelsTr").glob("*.nii.gz"))
         if len(cases) <= num_val:
             raise ValueError(f"{raw_dataset / 'labelsTr'} holds {len(cases)} cases; need more than {num_val}")
-        path.write_text(json.dumps([{"train": cases[:-num_val], "val": cases[-num_val:]}], indent=2))
+        path.write_text(json.dumps([{"train": cases[:-num_val], "val": cases[-num_val:]}], indent=2), encoding="utf-8")
     return path
 
 
@@ -494,8 +494,8 @@ def write_tables(results: Sequence[MethodResult], folder: Path) -> None:
     rows = table_rows(results)
     md = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    (folder / "results.md").write_text("\n".join(md) + "\n")
-    with open(folder / "results.csv", "w", newline="") as f:
+    (folder / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "trainer", "dice_mean", "dice_per_case", "trainable_parameters",
                          "total_parameters", "adapter_bytes", "training_seconds"])

@@ -32,7 +32,7 @@ def load_dataset_json(experiment: Experiment, preprocessed_root: Path | None,
     candidates += [experiment.model_folder(t) / "dataset.json" for t in trainers]
     for path in candidates:
         if path.is_file():
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 content = json.load(f)
             if not isinstance(content.get("labels"), dict):
                 raise ValueError(f"{path} has no 'labels' mapping; is it an nnU-Net v2 dataset.json?")
@@ -201,7 +201,7 @@ def _tag(row: dict, run: Run, split: str) -> dict:
 
 def _read_peft_summary(path: Path) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it or rerun the training") from None

@@ -156,7 +156,7 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequen
 
         figures = plots.write_plots(staging, cases, summary, cost)
         markdown = render_markdown(title, summary, binned, cost, figures, reference, notes)
-        (staging / "report.md").write_text(markdown)
+        (staging / "report.md").write_text(markdown, encoding="utf-8")
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

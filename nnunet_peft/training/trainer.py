@@ -174,7 +174,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
             "mean_epoch_time_s": float(np.mean(durations)) if durations else None,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
         }
-        (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
 _CLASSES: dict[str, type] = {}
