@@ -19,19 +19,20 @@ class MethodSpec:
     mergeable: bool = True
 
 
-# The default forward of each method was chosen by scripts/benchmark_adapters.py (see README):
-# running the factors as a chain of thin convolutions avoids the weight gradient of the full
-# kernel, which is what makes a training step cheaper than full fine-tuning.
+# The default forward of each method is the faster one measured by scripts/benchmark_adapters.py on
+# a 2-core CPU (README, "Speed and memory"): running CP factors as thin separable convolutions beats
+# rebuilding the kernel, while for LoRA-C, DoRA-C and HyPS the rank-r convolution of the chain costs
+# more than the full kernel's weight gradient it avoids.
 METHODS: dict[str, MethodSpec] = {
-    "lora_c": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "lora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
     "conv_lora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
     "cp_lora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
-    "dora_c": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "dora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
     "conv_dora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
     "cp_dora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
     "lora_pt": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
     "tcur_lora": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
-    "hyps": MethodSpec("hyps", FORWARD_MODES, "chain", mergeable=False),
+    "hyps": MethodSpec("hyps", FORWARD_MODES, "reconstruct", mergeable=False),
 }
 
 CP_INITS = ("random", "parafac")
