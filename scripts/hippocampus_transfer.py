@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         plans["configurations"]["3d_fullres"]["batch_size"] = args.batch_size
         plans_file.write_text(json.dumps(plans, indent=2), encoding="utf-8")
     pretrain = f"nnUNetTrainerFinetune_scratch_{args.source_epochs}ep_{args.source_iterations}it"
-    step(f"pretrain on the source ({pretrain}, fold all)",
-         ["nnUNetv2_train", "501", "3d_fullres", "all", "-tr", pretrain, "-device", args.device], env, logs)
-    checkpoint = work / "results" / "Dataset501_HippocampusWhole" / f"{pretrain}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+    # fold 0 of nnU-Net's own split: fold "all" would validate on every source case afterwards
+    step(f"pretrain on the source ({pretrain}, fold 0)",
+         ["nnUNetv2_train", "501", "3d_fullres", "0", "-tr", pretrain, "-device", args.device], env, logs)
+    checkpoint = work / "results" / "Dataset501_HippocampusWhole" / f"{pretrain}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
     step("plan the target from the checkpoint", [py, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", "502",
          "-c", str(checkpoint), "-np", "2"], env, logs)
     step("benchmark every method", [py, "-m", "nnunet_peft.cli", "benchmark", "-d", "502", "-c", "3d_fullres",
