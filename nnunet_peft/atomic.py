@@ -20,9 +20,13 @@ def staged_folder(destination: str | Path, overwrite: bool = False) -> Iterator[
     try:
         yield tmp
         _default_permissions(tmp)
-        if destination.exists():
-            shutil.rmtree(destination)
-        tmp.rename(destination)
+        if destination.exists():  # the old folder survives until the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+            destination.rename(old / destination.name)
+            tmp.rename(destination)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(destination)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from nnunet_peft.atomic import staged_folder
 from nnunet_peft.evaluation import stats
 from nnunet_peft.evaluation.collect import COST_FIELDS
 
@@ -145,9 +144,7 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequen
     methods = list(dict.fromkeys(cases["method"]))
     cost = cost_summary(costs, methods)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, overwrite=True) as staging:
         cases.to_csv(staging / "cases.csv", index=False)
         summary.to_csv(staging / "methods.csv", index=False)
         binned.to_csv(staging / "volume_bins.csv", index=False)
@@ -157,10 +154,6 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequen
         figures = plots.write_plots(staging, cases, summary, cost)
         markdown = render_markdown(title, summary, binned, cost, figures, reference, notes)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / "report.md"
 
 
@@ -239,16 +232,3 @@ def _bytes(value) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging``; the old folder survives until the new one is in place."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out_dir)
