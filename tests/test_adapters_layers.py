@@ -8,7 +8,6 @@ Fourier-domain definition of the t-product.
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

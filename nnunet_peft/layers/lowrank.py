@@ -151,7 +151,7 @@ class CPLoRAAdapter(LowRankAdapter):
         h = self.pointwise(x, self.cp_in.t())
         out = self.cp_out * self.scaling
         for axis, factor in enumerate(self.cp_spatial):
-            k, stride, pad, dil = factor.shape[0], b.stride[axis], b.padding[axis], b.dilation[axis]
+            k, stride, pad = factor.shape[0], b.stride[axis], b.padding[axis]
             extra = b.output_padding[axis] if self.transposed else 0
             if k == 1 and stride == 1 and pad == 0 and extra == 0:
                 out = out * factor[0]  # a 1-wide axis is a per-channel scale: fold it into the output

@@ -17,8 +17,6 @@ or as empty structure in ``load_checkpoint`` before the saved state is loaded in
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
