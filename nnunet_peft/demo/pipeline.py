@@ -172,13 +172,12 @@ class DemoStepFailed(RuntimeError):
 
 
 def nnunet_environment(rs: ResolvedSettings, base: dict[str, str] | None = None) -> dict[str, str]:
-    from nnunet_peft.commands.trainer_dir import trainer_dir
+    from nnunet_peft.commands.trainer_dir import trainer_environment
 
-    env = dict(os.environ if base is None else base)
-    ext = [str(trainer_dir())] + [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    env = trainer_environment(base)
     env.update({
         "nnUNet_raw": str(rs.raw), "nnUNet_preprocessed": str(rs.preprocessed),
-        "nnUNet_results": str(rs.results), "nnUNet_extTrainer": os.pathsep.join(ext),
+        "nnUNet_results": str(rs.results),
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen
     })
     # nnU-Net spawns this many export workers (default 8), each importing torch: on a small machine

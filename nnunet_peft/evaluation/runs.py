@@ -7,13 +7,13 @@ interrupted, or whose jobs ran on a cluster, resumes where it stopped.
 from __future__ import annotations
 
 import enum
-import os
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nnunet_peft.commands.trainer_dir import trainer_environment  # noqa: F401 (used as runs.trainer_environment)
 from nnunet_peft.evaluation.trainer_names import TrainerName
 
 RESULT_FOLDER_SEPARATOR = "__"  # nnU-Net's TRAINER__PLANS__CONFIGURATION
@@ -105,20 +105,6 @@ def predict_command(experiment: Experiment, run: Run, images: Path, output: Path
     if experiment.device is not None:
         command += ["-device", experiment.device]
     return command
-
-
-def trainer_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) with the plugin's folder in nnUNet_extTrainer.
-
-    A folder the user already listed there is kept, after ours.
-    """
-    from nnunet_peft.commands.trainer_dir import trainer_dir
-
-    env = dict(os.environ if base is None else base)
-    ours = str(trainer_dir())
-    existing = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    env["nnUNet_extTrainer"] = os.pathsep.join([ours] + [p for p in existing if p != ours])
-    return env
 
 
 def job_line(command: Sequence[str], env: dict[str, str]) -> str:
