@@ -222,7 +222,9 @@ def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, m
                      "--test-images", str(images), "--test-labels", str(labels)])
     assert rc == 0
     assert len(recorder.calls) == 4 and all(c[0] == "nnUNetv2_predict" for c, _ in recorder.calls)
-    assert recorder.calls[0][0][-2:] == ["-f", "0"]
+    first = recorder.calls[0][0]
+    assert first[first.index("-f") + 1] == "0" and first[first.index("-npp"):] == ["-npp", "1", "-nps", "1"]
+    assert "--disable_tta" not in first  # nnU-Net's mirroring unless asked otherwise
     assert (out / "test_predictions" / LORA / "fold_1" / "t1.nii.gz").is_file()
     cases = pd.read_csv(out / "report" / "cases.csv")
     test = cases[cases["split"] == "test"]
@@ -234,6 +236,16 @@ def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, m
                        "--collect-only", "--out", str(out), "-np", "1",
                        "--test-images", str(images), "--test-labels", str(labels)]) == 0
     assert recorder.calls == []
+
+
+def test_disable_tta_reaches_nnunet_predict_only():
+    trainer = parse_trainer_name(LORA)
+    experiment = runs.Experiment(DATASET, CONFIG, PLANS, Path("/results"), device="cpu", test_time_mirroring=False)
+    run = runs.Run(trainer, 0)
+    predict = runs.predict_command(experiment, run, Path("/in"), Path("/out"))
+    assert predict[0] == "nnUNetv2_predict" and "--disable_tta" in predict and "-npp" not in predict
+    train = runs.train_command(experiment, run, runs.RunState.NEEDS_VALIDATION)
+    assert "--disable_tta" not in train  # nnU-Net's own validation keeps its mirroring
 
 
 def test_failed_test_prediction_is_left_out_not_half_kept(tree: Path, tmp_path: Path, monkeypatch):

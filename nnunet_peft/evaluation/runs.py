@@ -35,6 +35,9 @@ class Experiment:
     results_root: Path
     pretrained: Path | None = None
     device: str | None = None
+    # test-set prediction only: nnU-Net's mirroring (8 passes per window in 3-D) and its worker counts
+    test_time_mirroring: bool = True
+    predict_processes: int | None = None
 
     def model_folder(self, trainer: str) -> Path:
         return self.results_root / self.dataset / RESULT_FOLDER_SEPARATOR.join(
@@ -104,6 +107,11 @@ def predict_command(experiment: Experiment, run: Run, images: Path, output: Path
                "-f", str(run.fold)]
     if experiment.device is not None:
         command += ["-device", experiment.device]
+    if not experiment.test_time_mirroring:
+        command.append("--disable_tta")
+    if experiment.predict_processes is not None:
+        n = str(experiment.predict_processes)
+        command += ["-npp", n, "-nps", n]
     return command
 
 
