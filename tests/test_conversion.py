@@ -301,7 +301,7 @@ def test_inferred_labels_must_be_consecutive(folders, capsys) -> None:
 
 
 def test_refuses_to_overwrite_or_reuse_an_id(folders, capsys) -> None:
-    src, raw, pre = folders["src"], folders["raw"], folders["pre"]
+    src, raw = folders["src"], folders["raw"]
     make_paired(src, 2)
     assert convert(capsys, "paired", src, "-n", "A", "--folds", "2")[0] == 0
     stamp = (raw / "Dataset001_A" / "dataset.json").stat().st_mtime_ns

@@ -11,7 +11,7 @@ from nnunet_peft.cli import build_parser
 from nnunet_peft.demo import pipeline
 from nnunet_peft.demo.command import settings_from_args
 from nnunet_peft.demo.pipeline import (Demo, DemoSettings, DemoStepFailed, MethodResult, format_bytes,
-                                       format_table, resolve, run_logged, write_narrow_plans, write_tables)
+                                       format_table, resolve, run_logged, write_tables)
 
 
 def test_arguments_become_settings(tmp_path):
@@ -148,20 +148,6 @@ def test_table_formatting():
     assert "0.250" in lines[3] and lines[3].count("n/a") == 3
     assert len({len(line) for line in lines}) == 1  # aligned
     assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
-
-
-def test_narrow_plans_keep_the_data_and_scale_the_width(tmp_path):
-    plans = {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {
-        "data_identifier": "nnUNetPlans_3d_fullres",
-        "architecture": {"arch_kwargs": {"features_per_stage": [32, 64, 128, 256, 320]}}}}}
-    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
-    path = write_narrow_plans(tmp_path, 16, "nnUNetPlans_demo16")
-    narrow = json.loads(path.read_text())
-    assert path.name == "nnUNetPlans_demo16.json" and narrow["plans_name"] == "nnUNetPlans_demo16"
-    config = narrow["configurations"]["3d_fullres"]
-    assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 160]
-    assert config["data_identifier"] == "nnUNetPlans_3d_fullres"
-    assert json.loads((tmp_path / "nnUNetPlans.json").read_text()) == plans  # nnU-Net's own plans untouched
 
 
 def test_tables_are_written(tmp_path):
