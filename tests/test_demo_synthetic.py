@@ -48,7 +48,7 @@ def test_tissues_have_head_ct_attenuation(cases):
 
 
 def test_label_is_exactly_the_blood(cases):
-    for task, (lo, hi) in (("tbi", (55, 80)), ("sah", (45, 75))):
+    for task, (lo, hi) in (("tbi", (60, 90)), ("sah", (55, 85))):
         for case in cases[task]:
             blood = case.label == 1
             assert blood.any(), f"{task} case without haemorrhage"
