@@ -1,4 +1,4 @@
-"""The project's figures on real data: hippocampus transfer on the Decathlon sample in ../shared/data.
+r"""The project's figures on real data: hippocampus transfer on the Decathlon sample in ../shared/data.
 
 Source task: the whole hippocampus (anterior and posterior merged) on most cases. Target task: the
 anterior / posterior split, learnt from few cases in k-fold cross-validation and tested on cases
@@ -7,7 +7,8 @@ seen by neither. Every method is run through nnU-Net's own commands and the plug
     convert (paired, via symlinks) -> nnUNetv2_plan_and_preprocess (source) -> pretrain (source)
     -> plan-from-checkpoint (target) -> nnunet-peft benchmark (all trainers, all folds, test set)
 
-    python scripts/hippocampus_transfer.py --work /tmp/hippo --base-features 16 --batch-size 2 --epochs 8 --iterations 10
+    python scripts/hippocampus_transfer.py --work /tmp/hippo --base-features 16 --batch-size 2 --epochs 10 --iterations 10 \
+        --source-epochs 15 --source-iterations 20
 
 The data are read in place and never copied into the repository; the work folder holds links,
 nnU-Net's folders and the report.
@@ -34,9 +35,14 @@ def trainers(epochs: int, iterations: int) -> list[str]:
 
 
 def link_subset(cases: list[str], folder: Path, test_layout: bool = False) -> Path:
-    """Symlinks to the cases' image and label files."""
+    """Symlinks to the cases' image and label files (kept when a resumed run finds them)."""
     # the layout `nnunet-peft convert paired` reads by default, or nnU-Net's input naming for the test set
     images, labels = (folder / "imagesTs", folder / "labelsTs") if test_layout else (folder / "images", folder / "masks")
+    if folder.is_dir():
+        linked = {p.name.removesuffix(".nii.gz").removesuffix("_0000") for p in images.glob("*.nii.gz")}
+        if linked != set(cases):
+            raise SystemExit(f"{folder} holds other cases than this split; use a new --work folder")
+        return folder
     images.mkdir(parents=True)
     labels.mkdir()
     for case in cases:
@@ -46,8 +52,12 @@ def link_subset(cases: list[str], folder: Path, test_layout: bool = False) -> Pa
 
 
 def step(title: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+    """Run one step, its output in its own log; a step that finished before is skipped."""
     slug = "".join(c if c.isalnum() else "_" for c in title.split(" (")[0]).strip("_")
-    log = log_dir / f"{len(list(log_dir.glob('*.log'))):02d}_{slug}.log"
+    log, done = log_dir / f"{slug}.log", log_dir / f"{slug}.done"
+    if done.is_file():
+        print(f"[{time.strftime('%H:%M:%S')}] {title}: done before, skipped", flush=True)
+        return
     start = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {title} ...", flush=True)
     with log.open("w", encoding="utf-8") as f:
@@ -55,12 +65,15 @@ def step(title: str, command: list[str], env: dict[str, str], log_dir: Path) -> 
     if code != 0:
         tail = log.read_text(encoding="utf-8")[-3000:]
         raise SystemExit(f"{title} failed (exit {code}); log: {log}\n{tail}")
+    done.write_text(f"{time.time() - start:.0f} s\n", encoding="utf-8")
     print(f"    done in {time.time() - start:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, required=True, help="work folder (created; must not exist)")
+    p.add_argument("--work", type=Path, required=True,
+                   help="work folder (created; running again with the same arguments resumes: finished steps and "
+                        "finished benchmark runs are skipped)")
     p.add_argument("--n-target", type=int, default=15, help="target training cases (10-20)")
     p.add_argument("--n-test", type=int, default=20, help="held-out test cases")
     p.add_argument("--folds", type=int, default=3)
@@ -84,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_peft.commands.trainer_dir import trainer_dir
 
     work = args.work.resolve()
-    work.mkdir(parents=True)
     env = dict(os.environ)
     for key, sub in [("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")]:
-        (work / sub).mkdir()
+        (work / sub).mkdir(parents=True, exist_ok=True)
         env[key] = str(work / sub)
     env["nnUNet_extTrainer"] = str(trainer_dir())
+    # nnU-Net's export and preprocessing pools default to 8 workers, each importing torch: on a small
+    # machine starting them cost ~40 s per validation, more than predicting the 5 validation cases
+    env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
     logs = work / "logs"
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
 
     cases = sorted(p.name[:-7] for p in (DATA / "imagesTr").glob("hippocampus_*.nii.gz"))
     order = np.random.default_rng(args.seed).permutation(len(cases))
