@@ -8,7 +8,7 @@ seen by neither. Every method is run through nnU-Net's own commands and the plug
     -> plan-from-checkpoint (target) -> nnunet-peft benchmark (all trainers, all folds, test set)
 
     python scripts/hippocampus_transfer.py --work /tmp/hippo --base-features 16 --batch-size 2 --epochs 10 --iterations 10 \
-        --source-epochs 15 --source-iterations 20
+        --source-epochs 15 --source-iterations 20 --test-folds 0
 
 The data are read in place and never copied into the repository; the work folder holds links,
 nnU-Net's folders and the report.
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="width of the U-Net's first stage (nnU-Net plans 32; 16 makes a CPU iteration ~3.5x "
                         "cheaper). With either override the source is trained with a plans variant sharing "
                         "nnU-Net's preprocessed data, and the target inherits it through the checkpoint")
+    p.add_argument("--test-folds", nargs="+", default=None, metavar="FOLD",
+                   help="folds whose models predict the test set (default: all); 0 saves two thirds of it on a CPU")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
          "--folds", *map(str, range(args.folds)), "--device", args.device, "--test-images", str(test_links / "imagesTs"),
          "--test-labels", str(test_links / "labelsTs"), "--out", str(work / "benchmark"),
          # on a CPU, nnU-Net's 8-fold mirroring would make predicting the test set cost as much as training
-         *(["--disable-tta"] if args.device == "cpu" else [])], env, logs)
+         *(["--disable-tta"] if args.device == "cpu" else []),
+         *(["--test-folds", *args.test_folds] if args.test_folds else [])], env, logs)
     print(f"report: {work / 'benchmark' / 'report' / 'report.md'}")
     return 0
 

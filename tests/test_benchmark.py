@@ -238,6 +238,33 @@ def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, m
     assert recorder.calls == []
 
 
+def test_test_folds_limit_which_models_predict_the_test_set(tree: Path, tmp_path: Path, monkeypatch):
+    images, labels = tmp_path / "ti", tmp_path / "tl"
+    images.mkdir()
+    labels.mkdir()
+    sitk.WriteImage(_image(_cube(3)), str(images / "t0_0000.nii.gz"))
+    sitk.WriteImage(_image(_cube(3)), str(labels / "t0.nii.gz"))
+
+    def predict(cmd):
+        out = Path(cmd[cmd.index("-o") + 1])
+        out.mkdir(parents=True)
+        sitk.WriteImage(_image(_cube(3)), str(out / "t0.nii.gz"))
+
+    recorder = Recorder(effect=predict)
+    monkeypatch.setattr(subprocess, "run", recorder)
+    common = ["-d", DATASET, "-c", CONFIG, "--trainers", FINETUNE, LORA, "--folds", "0", "1", "--collect-only",
+              "-np", "1", "--test-images", str(images), "--test-labels", str(labels)]
+    out = tmp_path / "bench"
+    assert _benchmark(common + ["--out", str(out), "--test-folds", "1", "--disable-tta"]) == 0
+    folds = [c[c.index("-f") + 1] for c, _ in recorder.calls]
+    assert folds == ["1", "1"] and all("--disable_tta" in c for c, _ in recorder.calls)
+    test = pd.read_csv(out / "report" / "cases.csv").query("split == 'test'")
+    assert sorted(set(test["fold"].astype(str))) == ["1"] and len(test) == 2
+    assert "fold(s) 1 of each method, without test-time mirroring" in (out / "report" / "report.md").read_text()
+    with pytest.raises(ValueError, match="--test-folds 2 must be among --folds 0 1"):
+        _benchmark(common + ["--out", str(tmp_path / "b2"), "--test-folds", "2"])
+
+
 def test_disable_tta_reaches_nnunet_predict_only():
     trainer = parse_trainer_name(LORA)
     experiment = runs.Experiment(DATASET, CONFIG, PLANS, Path("/results"), device="cpu", test_time_mirroring=False)

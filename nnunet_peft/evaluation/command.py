@@ -49,6 +49,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--test-images", type=Path, metavar="DIR",
                    help="held-out images (nnU-Net input layout CASE_0000.nii.gz), predicted with each fold")
     p.add_argument("--test-labels", type=Path, metavar="DIR", help="their reference labels CASE.nii.gz")
+    p.add_argument("--test-folds", nargs="+", metavar="FOLD",
+                   help="folds whose models predict the test set (default: every fold of --folds); e.g. 0, "
+                        "when predicting the test set once per fold costs too much")
     p.add_argument("--disable-tta", action="store_true",
                    help="predict the test set without mirroring (nnUNetv2_predict --disable_tta): 8x fewer "
                         "forward passes in 3-D, worth it on a CPU. nnU-Net's own validation keeps mirroring")
@@ -74,6 +77,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
         stats.volume_bin_edges([], args.volume_bins)  # validate now, not after hours of training
     if (args.test_images is None) != (args.test_labels is None):
         raise ValueError("--test-images and --test-labels go together")
+    test_folds = folds
+    if args.test_folds is not None:
+        test_folds = list(dict.fromkeys(runs.parse_fold(f) for f in args.test_folds))
+        if not set(test_folds) <= set(folds):
+            raise ValueError(f"--test-folds {' '.join(map(str, test_folds))} must be among --folds "
+                             f"{' '.join(map(str, folds))}")
     if args.num_processes < 1:
         raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
     pretrained = None
@@ -118,10 +127,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
            / f"peft_benchmark_{experiment.plans}_{experiment.configuration}").resolve()
     if args.test_images is not None:
         collect.check_test_labels(args.test_images, args.test_labels, file_ending)
-        folders = collect.predict_test(experiment, planned, args.test_images.resolve(),
+        test_runs = [r for r in planned if r.fold in test_folds]
+        folders = collect.predict_test(experiment, test_runs, args.test_images.resolve(),
                                        out / "test_predictions", env, file_ending)
-        rows += collect.collect_test(planned, folders, args.test_labels, labels, file_ending,
+        rows += collect.collect_test(test_runs, folders, args.test_labels, labels, file_ending,
                                      args.num_processes)
+        notes.append(f"Test set predicted by the model of fold(s) {' '.join(map(str, test_folds))} of each "
+                     f"method{'' if experiment.test_time_mirroring else ', without test-time mirroring'}.")
     if reference is not None and not any(r["trainer"] == reference for r in rows):
         reference_note = f"No paired test: the reference {reference} has no finished run."
         reference = None
