@@ -36,7 +36,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
                    help=f"folder for data, models, logs and results (default: ./{DEFAULT_WORKDIR})")
-    p.add_argument("--quick", action="store_true", help="much shorter training: checks the setup, Dice is low")
+    p.add_argument("--quick", action="store_true",
+                   help="much shorter training: checks the set-up only (on a CPU its pretraining is too short "
+                        "to learn the bleeds, so Dice is 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train and predict (default: cuda when available)")
     p.add_argument("-np", "--num-processes", type=int, default=None,
