@@ -96,14 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (the Decathlon hippocampus sample lives in ../shared/data)")
         return 0
-    from nnunet_peft.commands.trainer_dir import trainer_dir
+    from nnunet_peft.commands.trainer_dir import trainer_environment
 
     work = args.work.resolve()
-    env = dict(os.environ)
+    env = trainer_environment()  # the plugin's trainers first; the user's own folders are kept
     for key, sub in [("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")]:
         (work / sub).mkdir(parents=True, exist_ok=True)
         env[key] = str(work / sub)
-    env["nnUNet_extTrainer"] = str(trainer_dir())
     # nnU-Net's export and preprocessing pools default to 8 workers, each importing torch: on a small
     # machine starting them cost ~40 s per validation, more than predicting the 5 validation cases
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))

@@ -200,6 +200,16 @@ def test_execute_skips_finished_runs_and_reports_failures(tree: Path, tmp_path: 
                                                                          ["nnUNet_extTrainer"]), "/elsewhere"]
 
 
+def _one_case_test_set(tmp_path: Path) -> tuple[Path, Path]:
+    """A test set of one case, t0, in nnU-Net's input layout, and its reference label."""
+    images, labels = tmp_path / "ti", tmp_path / "tl"
+    images.mkdir()
+    labels.mkdir()
+    sitk.WriteImage(_image(_cube(3)), str(images / "t0_0000.nii.gz"))
+    sitk.WriteImage(_image(_cube(3)), str(labels / "t0.nii.gz"))
+    return images, labels
+
+
 def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, monkeypatch):
     images, labels = tmp_path / "test_images", tmp_path / "test_labels"
     images.mkdir()
@@ -239,11 +249,7 @@ def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, m
 
 
 def test_test_folds_limit_which_models_predict_the_test_set(tree: Path, tmp_path: Path, monkeypatch):
-    images, labels = tmp_path / "ti", tmp_path / "tl"
-    images.mkdir()
-    labels.mkdir()
-    sitk.WriteImage(_image(_cube(3)), str(images / "t0_0000.nii.gz"))
-    sitk.WriteImage(_image(_cube(3)), str(labels / "t0.nii.gz"))
+    images, labels = _one_case_test_set(tmp_path)
 
     def predict(cmd):
         out = Path(cmd[cmd.index("-o") + 1])
@@ -276,11 +282,7 @@ def test_disable_tta_reaches_nnunet_predict_only():
 
 
 def test_failed_test_prediction_is_left_out_not_half_kept(tree: Path, tmp_path: Path, monkeypatch):
-    images, labels = tmp_path / "ti", tmp_path / "tl"
-    images.mkdir()
-    labels.mkdir()
-    sitk.WriteImage(_image(_cube(3)), str(images / "t0_0000.nii.gz"))
-    sitk.WriteImage(_image(_cube(3)), str(labels / "t0.nii.gz"))
+    images, labels = _one_case_test_set(tmp_path)
     monkeypatch.setattr(subprocess, "run", Recorder(effect=lambda cmd: Path(cmd[cmd.index("-o") + 1]).mkdir(
         parents=True), returncode=1))
     out = tmp_path / "bench"
