@@ -87,3 +87,44 @@ def test_scratch_is_a_finetune_token():
     for bad in ["nnUNetTrainerCPLoRA_scratch", "nnUNetTrainerFinetune_scratch_scratch"]:
         with pytest.raises(TrainerNameError, match="'scratch' is a Finetune token"):
             parse_trainer_name(bad)
+
+
+@pytest.mark.parametrize("name, lr", [
+    ("nnUNetTrainerCPLoRA_lr0p03", 0.03),
+    ("nnUNetTrainerLoRAC_r4_lr0p003_5ep", 0.003),
+    ("nnUNetTrainerFinetune_lr0p001", 0.001),
+    ("nnUNetTrainerSegHead_lr0p1_3ep", 0.1),
+])
+def test_learning_rate_token(name, lr):
+    assert parse_trainer_name(name).initial_lr == pytest.approx(lr)
+
+
+def test_learning_rate_defaults_per_family():
+    from nnunet_peft.training.names import DEFAULT_LEARNING_RATES
+
+    assert parse_trainer_name("nnUNetTrainerCPLoRA").initial_lr == DEFAULT_LEARNING_RATES["adapter"]
+    assert parse_trainer_name("nnUNetTrainerFinetune").initial_lr == DEFAULT_LEARNING_RATES["finetune"]
+    assert parse_trainer_name("nnUNetTrainerFinetune_scratch").initial_lr == DEFAULT_LEARNING_RATES["finetune"]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("nnUNetTrainerCPLoRA_lr0p0", "above 0 and below 1"),
+    ("nnUNetTrainerCPLoRA_lr1p5", "above 0 and below 1"),
+    ("nnUNetTrainerCPLoRA_lr0p1_lr0p2", "learning rate is given twice"),
+    ("nnUNetTrainerCPLoRA_lr1e3", "unknown token 'lr1e3'"),
+    ("nnUNetTrainerNoFinetune_lr0p1", "runs 0 epochs"),
+])
+def test_bad_learning_rates(name, why):
+    with pytest.raises(TrainerNameError, match=why):
+        parse_trainer_name(name)
+
+
+def test_trainer_uses_the_named_learning_rate(monkeypatch):
+    """The generated class hands the name's rate to nnU-Net's optimiser and poly schedule."""
+    from nnunet_peft.training import trainer as trainer_module
+
+    cls = trainer_module.trainer_class("nnUNetTrainerCPLoRA_lr0p03_2ep")
+    seen = {}
+    monkeypatch.setattr(trainer_module.nnUNetTrainer, "__init__", lambda self, *a, **k: seen.setdefault("init", True))
+    instance = cls({}, "3d_fullres", 0, {})
+    assert seen and instance.initial_lr == pytest.approx(0.03) and instance.num_epochs == 2

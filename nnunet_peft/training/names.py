@@ -30,6 +30,8 @@ METHOD_TOKENS = tuple(sorted([*ADAPTER_METHODS, *BASELINES], key=len, reverse=Tr
 DEFAULT_RANK = 8
 DEFAULT_EPOCHS = 250
 DEFAULT_ITERATIONS = 250
+# nnU-Net's own initial learning rate (SGD, Nesterov momentum 0.99, poly decay), per family of methods
+DEFAULT_LEARNING_RATES = {"adapter": 1e-2, "finetune": 1e-2}
 
 GRAMMAR = f"""\
     {PREFIX}<Method>[_<token>]...
@@ -42,11 +44,15 @@ GRAMMAR = f"""\
             a<int>           alpha (adapters only; default = rank)
             <int>ep          number of epochs (default {DEFAULT_EPOCHS})
             <int>it          training iterations per epoch (default {DEFAULT_ITERATIONS})
+            lr<int>p<int>    initial learning rate, 'p' for the decimal point (a class name cannot
+                             hold '.' or '-'): lr0p01 = 0.01, lr0p003 = 0.003 (default
+                             {DEFAULT_LEARNING_RATES["adapter"]:g} for adapters, {DEFAULT_LEARNING_RATES["finetune"]:g} for Finetune and SegHead)
             scratch          Finetune only: train from random initialisation, refusing
                              -pretrained_weights (the from-scratch baseline, same schedule)
     e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep"""
 
 _PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
+_LEARNING_RATE = re.compile(r"lr(\d+)p(\d+)")
 _NUMBERED = [("rank", re.compile(r"r(\d+)")), ("alpha", re.compile(r"a(\d+)")),
              ("epochs", re.compile(r"(\d+)ep")), ("iterations", re.compile(r"(\d+)it"))]
 
@@ -67,6 +73,14 @@ class TrainerSpec:
     epochs: int = DEFAULT_EPOCHS
     iterations: int = DEFAULT_ITERATIONS
     scratch: bool = False
+    learning_rate: float | None = None  # None: the family's default
+
+    @property
+    def initial_lr(self) -> float:
+        """The learning rate the name asks for, or its family's default."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATES["adapter" if self.peft_method is not None else "finetune"]
 
     @property
     def peft_method(self) -> str | None:
@@ -106,6 +120,7 @@ def parse_trainer_name(name: str) -> TrainerSpec:
     placement: list[str] = []
     values: dict[str, int] = {}
     scratch = False
+    learning_rate: float | None = None
     for token in tokens:
         if token == "scratch":
             if method != "Finetune" or scratch:
@@ -116,6 +131,13 @@ def parse_trainer_name(name: str) -> TrainerSpec:
             if _PLACEMENT_TOKENS[token] in placement:
                 raise fail(f"placement token {token!r} appears twice")
             placement.append(_PLACEMENT_TOKENS[token])
+            continue
+        if match := _LEARNING_RATE.fullmatch(token):
+            if learning_rate is not None:
+                raise fail("the learning rate is given twice")
+            learning_rate = float(f"{match.group(1)}.{match.group(2)}")
+            if not 0 < learning_rate < 1:
+                raise fail(f"the learning rate must be above 0 and below 1, got {token!r}")
             continue
         for field, pattern in _NUMBERED:
             match = pattern.fullmatch(token)
@@ -134,15 +156,15 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         raise fail(f"{method} trains no adapters, so it takes no r<int>/a<int> tokens")
     if method in ("SegHead", "NoFinetune") and placement:
         raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
-    if method == "NoFinetune" and ({"epochs", "iterations"} & set(values)):
-        raise fail("NoFinetune runs 0 epochs, so it takes no <int>ep/<int>it tokens")
+    if method == "NoFinetune" and ({"epochs", "iterations"} & set(values) or learning_rate is not None):
+        raise fail("NoFinetune runs 0 epochs, so it takes no <int>ep/<int>it/lr tokens")
     # canonical order, so that the placement tuple does not depend on the order of the tokens
     ordered = tuple(p for p in PLACEMENTS if p in placement) or PLACEMENTS
     spec = TrainerSpec(
         name=name, method=method, placement=ordered,
         rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
         epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
-        iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch,
+        iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch, learning_rate=learning_rate,
     )
     if spec.peft_method is not None:
         spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules

@@ -67,6 +67,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         spec = self.spec
         self.num_epochs = spec.epochs
+        self.initial_lr = spec.initial_lr
         self.num_iterations_per_epoch = spec.iterations
         # nnU-Net validates 50 batches per 250 training iterations; keep that ratio for short schedules
         self.num_val_iterations_per_epoch = max(1, round(spec.iterations / 5))
