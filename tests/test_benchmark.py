@@ -23,12 +23,27 @@ from nnunet_peft.evaluation.trainer_names import choose_reference, parse_trainer
 DATASET = "Dataset042_Toy"
 CONFIG, PLANS = "3d_fullres", "nnUNetPlans"
 FINETUNE, LORA, STOCK = "nnUNetTrainerFinetune", "nnUNetTrainerCPLoRA_dec_r4_a4", "nnUNetTrainer"
+NO_FINETUNE = "nnUNetTrainerNoFinetune"
 SPACING_XYZ = (0.5, 1.0, 2.0)  # SimpleITK order; numpy (z, y, x) spacing is (2, 1, 0.5)
 VOXEL_ML = 1.0 / 1000
 FOLD_CASES = {0: ["c0", "c1", "c2"], 1: ["c3", "c4", "c5"]}
 CUBE_SIZES = {"c0": 2, "c1": 3, "c2": 4, "c3": 5, "c4": 6, "c5": 7}
 # x-shift of each trainer's predicted cube: Finetune exact, CP-LoRA one voxel off, stock two.
 SHIFTS = {FINETUNE: 0, LORA: 1, STOCK: 2}
+# nnU-Net's per-epoch pseudo-Dice of every trainer's run on each fold. With nnU-Net's EMA (see _ema):
+# fold 0 0.2, 0.27, 0.333 -> 95% of 0.333 = 0.31635 first reached at epoch 3;
+# fold 1 0.6, 0.6, 0.61 -> 95% of 0.61 = 0.5795 already at epoch 1.
+PSEUDO_DICE = {0: [0.2, 0.9, 0.9], 1: [0.6, 0.6, 0.7]}
+# MetaLogger's nested checkpoint["logging"]["local"] for these, nnU-Net's flat LocalLogger dict for Finetune
+NESTED_LOG = {LORA, STOCK}
+
+
+def _ema(values: list[float]) -> list[float]:
+    """nnU-Net's ema_fg_dice: the first value, then 0.9 x previous + 0.1 x new."""
+    out = []
+    for v in values:
+        out.append(v if not out else 0.9 * out[-1] + 0.1 * v)
+    return out
 
 
 def _image(array: np.ndarray) -> sitk.Image:
@@ -43,14 +58,39 @@ def _cube(size: int, shift: int = 0) -> np.ndarray:
     return array
 
 
-def _checkpoint(path: Path, epochs: int, epoch_seconds: float) -> None:
+def _checkpoint(path: Path, pseudo_dice: list[float], epoch_seconds: float, nested: bool = False) -> None:
+    """A checkpoint_final.pth with nnU-Net's training log of ``len(pseudo_dice)`` epochs."""
     shared = torch.zeros(4, 3)
     weights = {"encoder.w": shared, "decoder.encoder.w": shared, "decoder.seg.w": torch.zeros(5),
                "norm.num_batches_tracked": torch.tensor(3)}
+    epochs = len(pseudo_dice)
     starts = [100.0 + i * 50 for i in range(epochs)]
+    log = {"mean_fg_dice": [np.float64(d) for d in pseudo_dice],  # numpy scalars, as nnU-Net logs them
+           "ema_fg_dice": [np.float64(d) for d in _ema(pseudo_dice)],
+           "dice_per_class_or_region": [[d] for d in pseudo_dice],
+           "train_losses": [np.float64(-0.1 * (i + 1)) for i in range(epochs)],
+           "val_losses": [np.float64(-0.05 * (i + 1)) for i in range(epochs)],
+           "lrs": [0.01 * (1 - i / max(epochs, 1)) ** 0.9 for i in range(epochs)],
+           "epoch_start_timestamps": starts, "epoch_end_timestamps": [s + epoch_seconds for s in starts]}
     torch.save({"network_weights": weights, "trainer_name": path.parent.parent.name.split("__")[0],
-                "logging": {"epoch_start_timestamps": starts,
-                            "epoch_end_timestamps": [s + epoch_seconds for s in starts]}}, path)
+                "logging": {"local": log} if nested else log}, path)
+
+
+def _finished_run(results: Path, trainer: str, fold: int, shift: int, pseudo_dice: list[float],
+                  nested: bool = False) -> None:
+    """What nnUNetv2_train leaves in fold_K: validation predictions, their summary, the final checkpoint."""
+    folder = results / DATASET / f"{trainer}__{PLANS}__{CONFIG}" / f"fold_{fold}"
+    (folder / "validation").mkdir(parents=True)
+    for case in FOLD_CASES[fold]:
+        sitk.WriteImage(_image(_cube(CUBE_SIZES[case], shift)), str(folder / "validation" / f"{case}.nii.gz"))
+    (folder / "validation" / "summary.json").write_text("{}")
+    _checkpoint(folder / "checkpoint_final.pth", pseudo_dice, epoch_seconds=10.0 + fold, nested=nested)
+    if trainer != STOCK:
+        (folder / "peft_summary.json").write_text(json.dumps({
+            "trainer_name": trainer, "method": trainer[len("nnUNetTrainer"):].split("_")[0],
+            "trainable_parameters": 1000 if trainer == LORA else 50000,
+            "total_parameters": 50000, "adapter_bytes": 4096 if trainer == LORA else 200000,
+            "mean_epoch_time_s": 7.5, "peak_gpu_memory_bytes": None}))
 
 
 @pytest.fixture()
@@ -64,20 +104,8 @@ def tree(tmp_path: Path, monkeypatch) -> Path:
     for case, size in CUBE_SIZES.items():
         sitk.WriteImage(_image(_cube(size)), str(pre / "gt_segmentations" / f"{case}.nii.gz"))
     for trainer, shift in SHIFTS.items():
-        for fold, cases in FOLD_CASES.items():
-            folder = tmp_path / "results" / DATASET / f"{trainer}__{PLANS}__{CONFIG}" / f"fold_{fold}"
-            (folder / "validation").mkdir(parents=True)
-            for case in cases:
-                sitk.WriteImage(_image(_cube(CUBE_SIZES[case], shift)),
-                                str(folder / "validation" / f"{case}.nii.gz"))
-            (folder / "validation" / "summary.json").write_text("{}")
-            _checkpoint(folder / "checkpoint_final.pth", epochs=3, epoch_seconds=10.0 + fold)
-            if trainer != STOCK:
-                (folder / "peft_summary.json").write_text(json.dumps({
-                    "trainer_name": trainer, "method": trainer[len("nnUNetTrainer"):].split("_")[0],
-                    "trainable_parameters": 1000 if trainer == LORA else 50000,
-                    "total_parameters": 50000, "adapter_bytes": 4096 if trainer == LORA else 200000,
-                    "mean_epoch_time_s": 7.5, "peak_gpu_memory_bytes": None}))
+        for fold in FOLD_CASES:
+            _finished_run(tmp_path / "results", trainer, fold, shift, PSEUDO_DICE[fold], trainer in NESTED_LOG)
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
@@ -346,3 +374,4 @@ def test_scratch_trainers_get_no_pretrained_weights(tmp_path: Path):
     assert "-pretrained_weights" in runs.train_command(experiment, runs.Run(tuned, 0), runs.RunState.NEW)
     # the from-scratch Finetune is not the reference for the paired tests
     assert choose_reference([scratch, tuned], None)[0] == tuned.name
+

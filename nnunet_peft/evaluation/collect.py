@@ -4,7 +4,8 @@ Per case: the validation predictions nnU-Net wrote after training (``fold_K/vali
 a labelled test set is given, one prediction per fold, all evaluated with ``metrics``. Per run: the
 costs the plugin's trainers record in ``fold_K/peft_summary.json``; for nnU-Net's own trainers,
 which write no such file, what the final checkpoint tells (every parameter trainable, no adapter
-file, epoch times from nnU-Net's log).
+file, epoch times from nnU-Net's log). Per epoch: nnU-Net's own training log in the final checkpoint
+(pseudo-Dice, its moving average, losses, learning rate), which shows whether the schedule converged.
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ from nnunet_peft.evaluation.runs import Experiment, Run, predict_command
 COST_FIELDS = ("trainable_parameters", "total_parameters", "adapter_bytes", "mean_epoch_time_s",
                "peak_gpu_memory_bytes")
 PEFT_SUMMARY = "peft_summary.json"
+# curve column -> the list in nnU-Net's logger (nnUNetLogger / LocalLogger) holding one value per epoch
+CURVE_FIELDS = {"pseudo_dice": "mean_fg_dice", "ema_pseudo_dice": "ema_fg_dice", "train_loss": "train_losses",
+                "val_loss": "val_losses", "lr": "lrs"}
+CONVERGENCE_FIELDS = ("epochs", "final_ema_pseudo_dice", "epoch_95")
+CONVERGED_SHARE = 0.95  # epoch_95: the first epoch whose EMA pseudo-Dice reaches this share of the final one
 
 
 def load_dataset_json(experiment: Experiment, preprocessed_root: Path | None,
@@ -56,8 +62,12 @@ def reference_folder(dataset: str, preprocessed_root: Path | None, raw_root: Pat
                             + " (set nnUNet_preprocessed or nnUNet_raw)")
 
 
-def run_costs(fold_folder: Path) -> dict:
-    """Cost figures of one finished run (NaN where unknown) and ``cost_source`` saying where from."""
+def run_costs(fold_folder: Path, checkpoint: dict | None = None) -> dict:
+    """Cost figures of one finished run (NaN where unknown) and ``cost_source`` saying where from.
+
+    ``checkpoint``: the run's checkpoint_final.pth if the caller has loaded it already; otherwise it
+    is loaded here, and only when peft_summary.json leaves a figure open.
+    """
     costs: dict = {field: math.nan for field in COST_FIELDS}
     summary_file = fold_folder / PEFT_SUMMARY
     sources = []
@@ -67,9 +77,10 @@ def run_costs(fold_folder: Path) -> dict:
     missing = [f for f in ("trainable_parameters", "total_parameters", "mean_epoch_time_s")
                if _is_missing(costs[f])]
     checkpoint_file = fold_folder / "checkpoint_final.pth"
-    if missing and checkpoint_file.is_file():
+    if missing and checkpoint is None and checkpoint_file.is_file():
         checkpoint = _load_checkpoint(checkpoint_file)
-        derived = {"mean_epoch_time_s": mean_epoch_time(checkpoint.get("logging", {}))}
+    if missing and checkpoint is not None:
+        derived = {"mean_epoch_time_s": mean_epoch_time(training_log(checkpoint))}
         if "network_weights" in checkpoint:
             total = count_parameters(checkpoint["network_weights"])
             # without the plugin's record, assume nnU-Net's default: every parameter is trained
@@ -108,10 +119,53 @@ def mean_epoch_time(logging: dict) -> float:
     return sum(durations) / len(durations) if durations else math.nan
 
 
+def training_log(checkpoint: dict) -> dict:
+    """nnU-Net's per-epoch log in a checkpoint (``logging``), unwrapped where a MetaLogger nests it."""
+    log = checkpoint.get("logging") or {}
+    return log.get("local", log)
+
+
+def training_curve(log: dict) -> list[dict]:
+    """One row per trained epoch: ``epoch`` (counted from 1) and the fields of ``CURVE_FIELDS``.
+
+    The number of epochs is that of the longest per-epoch list, timestamps included, so a log that
+    lacks a field still counts its epochs; a missing value is NaN.
+    """
+    series = {field: list(log.get(key) or []) for field, key in CURVE_FIELDS.items()}
+    timestamps = [log.get(k) or [] for k in ("epoch_start_timestamps", "epoch_end_timestamps")]
+    epochs = max(len(values) for values in [*series.values(), *timestamps])
+    return [{"epoch": i + 1, **{field: _float(values[i]) if i < len(values) else math.nan
+                                for field, values in series.items()}}
+            for i in range(epochs)]
+
+
+def convergence(curve: Sequence[dict]) -> dict:
+    """``epochs``, ``final_ema_pseudo_dice`` and ``epoch_95`` of one run's ``training_curve``.
+
+    epoch_95 is the first epoch (counted from 1) whose EMA pseudo-Dice reaches ``CONVERGED_SHARE`` of
+    the final EMA. It and the final EMA are NaN for a run of 0 epochs (NoFinetune); epoch_95 is also
+    NaN when the final EMA is not positive, as a run that learned nothing has no level to approach.
+    """
+    final = curve[-1]["ema_pseudo_dice"] if curve else math.nan
+    epoch_95 = math.nan
+    if final > 0:  # NaN compares False
+        epoch_95 = next(r["epoch"] for r in curve if r["ema_pseudo_dice"] >= CONVERGED_SHARE * final)
+    return {"epochs": len(curve), "final_ema_pseudo_dice": final, "epoch_95": epoch_95}
+
+
+def run_curve(checkpoint: dict, run: Run) -> tuple[list[dict], dict]:
+    """A finished run's per-epoch rows, tagged with method, trainer and fold, and its ``convergence``."""
+    curve = training_curve(training_log(checkpoint))
+    tag = {"method": run.trainer.display, "trainer": run.trainer.name, "fold": str(run.fold)}
+    return [{**tag, **row} for row in curve], convergence(curve)
+
+
 def collect_validation(experiment: Experiment, runs: Sequence[Run], reference: Path, labels: dict,
-                       file_ending: str, num_processes: int = 1) -> tuple[list[dict], list[dict], list[str]]:
-    """Per-case rows (split ``val``), per-run costs, and notes on runs that could not be collected."""
-    rows, costs, notes = [], [], []
+                       file_ending: str, num_processes: int = 1
+                       ) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """Per-case rows (split ``val``), per-run costs and convergence figures (``CONVERGENCE_FIELDS``),
+    per-epoch curve rows, and notes on runs that could not be collected."""
+    rows, costs, curves, notes = [], [], [], []
     ignore = ignore_label_of(labels)
     for run in runs:
         folder = experiment.fold_folder(run.trainer.name, run.fold)
@@ -122,9 +176,12 @@ def collect_validation(experiment: Experiment, runs: Sequence[Run], reference: P
             continue
         case_rows = evaluate_folder(predictions, reference, labels, file_ending, ignore, num_processes)
         rows += [_tag(r, run, "val") for r in case_rows]
+        checkpoint = _load_checkpoint(folder / "checkpoint_final.pth")  # once: costs and curve share it
+        curve, converged = run_curve(checkpoint, run)
+        curves += curve
         costs.append({"method": run.trainer.display, "trainer": run.trainer.name, "fold": str(run.fold),
-                      **run_costs(folder)})
-    return rows, costs, notes
+                      **run_costs(folder, checkpoint), **converged})
+    return rows, costs, curves, notes
 
 
 def predict_test(experiment: Experiment, runs: Sequence[Run], images: Path, output_root: Path,
@@ -225,6 +282,11 @@ def _load_checkpoint(path: Path) -> dict:
     # nnU-Net's checkpoints hold numpy scalars in their log, which the safe loader refuses; this
     # is the same full load nnU-Net itself does on the user's own results.
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _float(value) -> float:
+    # the log holds Python floats, numpy scalars or 0-d tensors, depending on nnU-Net's version
+    return math.nan if value is None else float(value)
 
 
 def _is_missing(value) -> bool:

@@ -121,8 +121,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     dataset_json = collect.load_dataset_json(experiment, preprocessed_root, [t.name for t in trainers])
     labels, file_ending = dataset_json["labels"], dataset_json.get("file_ending", ".nii.gz")
     reference_dir = collect.reference_folder(experiment.dataset, preprocessed_root, _env_folder("nnUNet_raw"))
-    rows, costs, notes = collect.collect_validation(experiment, planned, reference_dir, labels, file_ending,
-                                                    args.num_processes)
+    rows, costs, curves, notes = collect.collect_validation(experiment, planned, reference_dir, labels,
+                                                            file_ending, args.num_processes)
     out = (args.out or results_root / experiment.dataset
            / f"peft_benchmark_{experiment.plans}_{experiment.configuration}").resolve()
     if args.test_images is not None:

@@ -1,0 +1,78 @@
+"""Convergence from nnU-Net's training log: curve rows, epoch_95, final EMA, on hand-made logs."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from nnunet_peft.evaluation import collect
+from nnunet_peft.evaluation.collect import convergence, run_costs, run_curve, training_curve, training_log
+from nnunet_peft.evaluation.runs import Run
+from nnunet_peft.evaluation.trainer_names import parse_trainer_name
+
+# The EMA reaches 0.75 at epoch 3 and 0.8 at epoch 4; 95% of the final 0.8 is 0.76, so epoch_95 = 4.
+LOG = {"mean_fg_dice": [0.1, 0.9, 0.95, 0.85, 0.8], "ema_fg_dice": [0.1, 0.5, 0.75, 0.8, 0.8],
+       "train_losses": [1.0, 0.5, 0.2, 0.1, 0.0], "val_losses": [1.1, 0.6, 0.3, 0.2, 0.1],
+       "lrs": [0.01, 0.008, 0.006, 0.004, 0.002],
+       "epoch_start_timestamps": [0, 10, 20, 30, 40], "epoch_end_timestamps": [4, 14, 24, 34, 44]}
+
+
+def _curve(ema: list[float]) -> list[dict]:
+    return training_curve({"mean_fg_dice": ema, "ema_fg_dice": ema})
+
+
+def test_epoch_95_is_the_first_epoch_reaching_95_percent_of_the_final_ema():
+    rows = training_curve(LOG)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2] == {"epoch": 3, "pseudo_dice": 0.95, "ema_pseudo_dice": 0.75, "train_loss": 0.2,
+                       "val_loss": 0.3, "lr": 0.006}
+    assert convergence(rows) == {"epochs": 5, "final_ema_pseudo_dice": 0.8, "epoch_95": 4}
+    # the first crossing counts, even when the EMA overshoots and comes back
+    assert convergence(_curve([0.1, 0.9, 0.7, 0.8]))["epoch_95"] == 2
+    # the final value itself always qualifies: a curve still rising at the end converges at its last epoch
+    assert convergence(_curve([0.1, 0.2, 0.4]))["epoch_95"] == 3
+
+
+def test_meta_logger_nesting_is_unwrapped():
+    assert training_log({"logging": {"local": LOG}}) is LOG
+    assert training_log({"logging": LOG}) is LOG
+    assert training_log({}) == {}
+    run = Run(parse_trainer_name("nnUNetTrainerCPLoRA_dec_r4_a4"), 1)
+    nested, flat = run_curve({"logging": {"local": LOG}}, run), run_curve({"logging": LOG}, run)
+    assert nested == flat
+    rows, figures = nested
+    assert rows[0] == {"method": "CPLoRA_dec_r4_a4", "trainer": "nnUNetTrainerCPLoRA_dec_r4_a4", "fold": "1",
+                       "epoch": 1, "pseudo_dice": 0.1, "ema_pseudo_dice": 0.1, "train_loss": 1.0,
+                       "val_loss": 1.1, "lr": 0.01}
+    assert figures["epoch_95"] == 4
+
+
+def test_zero_epochs_and_runs_that_learned_nothing_have_no_epoch_95():
+    empty = {key: [] for key in LOG}
+    assert training_curve(empty) == [] and training_curve({}) == []
+    figures = convergence(training_curve(empty))
+    assert figures["epochs"] == 0
+    assert math.isnan(figures["final_ema_pseudo_dice"]) and math.isnan(figures["epoch_95"])
+    flat_zero = convergence(_curve([0.0, 0.0, 0.0]))
+    assert flat_zero["final_ema_pseudo_dice"] == 0.0 and math.isnan(flat_zero["epoch_95"])
+    assert math.isnan(convergence(_curve([0.3, float("nan")]))["epoch_95"])
+
+
+def test_epochs_are_counted_even_where_a_field_is_missing():
+    rows = training_curve({"epoch_start_timestamps": [0, 1], "epoch_end_timestamps": [1, 2],
+                           "mean_fg_dice": [0.5]})
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["pseudo_dice"] == 0.5 and math.isnan(rows[1]["pseudo_dice"])
+    assert math.isnan(rows[0]["ema_pseudo_dice"]) and math.isnan(convergence(rows)["epoch_95"])
+
+
+def test_run_costs_reads_a_checkpoint_it_is_given(tmp_path: Path, monkeypatch):
+    def no_second_load(path):
+        raise AssertionError(f"{path} loaded again")
+
+    (tmp_path / "checkpoint_final.pth").write_bytes(b"")
+    monkeypatch.setattr(collect, "_load_checkpoint", no_second_load)
+    costs = run_costs(tmp_path, {"logging": {"local": LOG}})
+    assert costs["mean_epoch_time_s"] == 4.0 and costs["cost_source"] == "checkpoint"
+
