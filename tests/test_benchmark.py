@@ -375,3 +375,50 @@ def test_scratch_trainers_get_no_pretrained_weights(tmp_path: Path):
     # the from-scratch Finetune is not the reference for the paired tests
     assert choose_reference([scratch, tuned], None)[0] == tuned.name
 
+
+def test_report_shows_convergence_from_the_training_log(tree: Path, tmp_path: Path, monkeypatch):
+    from nnunet_peft.evaluation import collect
+
+    for fold in FOLD_CASES:  # NoFinetune: validated after 0 epochs, so its log is empty
+        _finished_run(tree / "results", NO_FINETUNE, fold, 0, [])
+    loads = []
+    real_load = collect._load_checkpoint
+    monkeypatch.setattr(collect, "_load_checkpoint", lambda path: loads.append(path) or real_load(path))
+    out = tmp_path / "bench"
+    assert _benchmark(["-d", DATASET, "-c", CONFIG, "--trainers", FINETUNE, LORA, STOCK, NO_FINETUNE,
+                       "--folds", "0", "1", "--collect-only", "--out", str(out), "-np", "1"]) == 0
+    assert len(loads) == len(set(loads)) == 4 * 2  # each run's checkpoint once, for costs and curve alike
+    report = out / "report"
+
+    converged = pd.read_csv(report / "convergence.csv")
+    assert list(converged["method"]) == ["Finetune"] * 2 + ["CPLoRA_dec_r4_a4"] * 2 + [STOCK] * 2 + ["NoFinetune"] * 2
+    lora = converged[converged["trainer"] == LORA].set_index("fold")
+    assert list(lora["epochs"]) == [3, 3] and list(lora["epoch_95"]) == [3, 1]
+    assert lora.at[0, "final_ema_pseudo_dice"] == pytest.approx(0.333)
+    assert lora.at[1, "final_ema_pseudo_dice"] == pytest.approx(0.61)
+    assert list(lora["schedule_share_95"]) == pytest.approx([1.0, 1 / 3])
+    none = converged[converged["trainer"] == NO_FINETUNE]
+    assert list(none["epochs"]) == [0, 0]
+    assert none[["final_ema_pseudo_dice", "epoch_95", "schedule_share_95"]].isna().all().all()
+
+    curves = pd.read_csv(report / "curves.csv")
+    assert list(curves.columns) == ["method", "trainer", "fold", "epoch", "pseudo_dice", "ema_pseudo_dice",
+                                    "train_loss", "val_loss", "lr"]
+    assert len(curves) == 3 * 2 * 3 and NO_FINETUNE not in set(curves["trainer"])
+    stock = curves[(curves["trainer"] == STOCK) & (curves["fold"] == 0)]  # nested log, read all the same
+    assert list(stock["epoch"]) == [1, 2, 3]
+    assert list(stock["pseudo_dice"]) == pytest.approx([0.2, 0.9, 0.9])
+    assert list(stock["ema_pseudo_dice"]) == pytest.approx([0.2, 0.27, 0.333])
+    assert list(stock["train_loss"]) == pytest.approx([-0.1, -0.2, -0.3])
+    assert list(stock["val_loss"]) == pytest.approx([-0.05, -0.1, -0.15])
+    assert list(stock["lr"]) == pytest.approx([0.01, 0.01 * (2 / 3) ** 0.9, 0.01 * (1 / 3) ** 0.9])
+
+    markdown = (report / "report.md").read_text()
+    section = markdown[markdown.index("## Convergence"):]
+    finals = [_ema(d)[-1] for d in PSEUDO_DICE.values()]
+    ema = f"{np.mean(finals):.3f} +- {np.std(finals, ddof=1):.3f}"
+    # epoch_95 3 of 3 on fold 0 and 1 of 3 on fold 1: mean 2.0, mean share (100% + 33%) / 2
+    assert f"| CPLoRA_dec_r4_a4 | 2 | 3 | {ema} | 0: 3, 1: 1 | 2.0 | 67% |" in section
+    assert "| NoFinetune | 2 | 0 | n/a | 0: n/a, 1: n/a | n/a | n/a |" in section
+    assert "counted from 1" in section and "](curves.png)" in section
+    assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

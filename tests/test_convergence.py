@@ -1,12 +1,14 @@
-"""Convergence from nnU-Net's training log: curve rows, epoch_95, final EMA, on hand-made logs."""
+"""Convergence from nnU-Net's training log: curve rows, epoch_95, final EMA, the curve plot, on hand-made logs."""
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from nnunet_peft.evaluation import collect
+from nnunet_peft.evaluation import collect, plots, report
 from nnunet_peft.evaluation.collect import convergence, run_costs, run_curve, training_curve, training_log
 from nnunet_peft.evaluation.runs import Run
 from nnunet_peft.evaluation.trainer_names import parse_trainer_name
@@ -76,3 +78,28 @@ def test_run_costs_reads_a_checkpoint_it_is_given(tmp_path: Path, monkeypatch):
     costs = run_costs(tmp_path, {"logging": {"local": LOG}})
     assert costs["mean_epoch_time_s"] == 4.0 and costs["cost_source"] == "checkpoint"
 
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_curve_plot_has_one_panel_per_method_with_a_curve(tmp_path: Path):
+    methods = [f"M{i}" for i in range(13)] + ["NoFinetune"]
+    curves = pd.DataFrame([{"method": m, "trainer": m, "fold": str(f), "epoch": e, "pseudo_dice": 0.5,
+                            "ema_pseudo_dice": 0.1 * e} for m in methods[:-1] for f in range(5)
+                           for e in range(1, 9)])
+    converged = pd.DataFrame({"method": methods[:-1], "epoch_95": [8] * 13})
+    assert plots.write_curves(tmp_path, curves, converged, methods) == "curves.png"
+    # 13 panels in 4 columns, 4 rows: (3.4 x 4) x (2.6 x 4 + 0.4) inches at 110 dpi; NoFinetune gets none
+    assert _png_size(tmp_path / "curves.png") == (round(3.4 * 4 * 110), round(10.8 * 110))
+    assert plots.write_curves(tmp_path / "none", curves.iloc[:0], converged, methods) is None
+
+
+def test_report_without_training_logs_has_no_convergence_section(tmp_path: Path):
+    rows = [{"method": "A", "case": "c", "label": "1", "dice": 0.5, "hd95_mm": 1.0, "ref_volume_ml": 1.0,
+             "pred_volume_ml": 1.0}]
+    path = report.write_report(tmp_path / "r", rows, [{"method": "A"}])
+    assert "## Convergence" not in path.read_text()
+    assert not (tmp_path / "r" / "curves.csv").exists() and not (tmp_path / "r" / "convergence.csv").exists()

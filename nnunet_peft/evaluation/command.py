@@ -16,8 +16,10 @@ skipped, interrupted ones continue from their latest checkpoint. Then the valida
 nnU-Net wrote (and, with --test-images/--test-labels, one prediction of the test set per fold) are
 scored against the reference labels: Dice and HD95 per label, volumes, Dice by reference-volume
 bin, volume agreement, a paired Wilcoxon test against the Finetune trainer, trainable
-parameters, adapter size, time per epoch and GPU memory. Output in --out/report: cases.csv (every
-per-case figure), methods.csv, volume_bins.csv, costs.csv, report.md and PNG plots.
+parameters, adapter size, time per epoch and GPU memory, and from nnU-Net's training log whether
+each schedule converged (the epoch at which the moving-average pseudo-Dice reached 95% of its final
+value). Output in --out/report: cases.csv (every per-case figure), methods.csv, volume_bins.csv,
+costs.csv, convergence.csv, curves.csv (every epoch of every run), report.md and PNG plots.
 
 Needs nnUNet_results (and nnUNet_preprocessed or nnUNet_raw for the reference labels) in the
 environment, as nnU-Net does. nnUNet_extTrainer is set for the subprocesses.
@@ -143,7 +145,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if pretrained is not None:
         notes.insert(1, f"Plugin trainers start from {pretrained}; nnU-Net's own trainers from scratch.")
     path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
-                               title=f"Fine-tuning benchmark on {experiment.dataset}")
+                               title=f"Fine-tuning benchmark on {experiment.dataset}", curves=curves)
     print(f"report: {path}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"

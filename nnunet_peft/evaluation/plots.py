@@ -1,6 +1,7 @@
-"""The report's figures: Dice per method, Dice against reference volume, Dice against trainable parameters.
+"""The report's figures: Dice per method, Dice against reference volume, Dice against trainable parameters,
+and the training curves.
 
-One PNG per split and figure, one panel per label. matplotlib runs on its file-only Agg backend so
+One PNG per split and figure, one panel per label; the curves are one PNG with one panel per method. matplotlib runs on its file-only Agg backend so
 that the benchmark works on cluster nodes without a display.
 """
 from __future__ import annotations
@@ -47,6 +48,55 @@ def write_plots(folder: Path, cases: pd.DataFrame, summary: pd.DataFrame,
             made.append((f"Mean Dice (+- sd) against trainable parameters ({split})", name))
         plt.close("all")
     return figures
+
+
+def write_curves(folder: Path, curves: pd.DataFrame, convergence: pd.DataFrame,
+                 methods: list[str]) -> str | None:
+    """curves.png: per method, each fold's EMA pseudo-Dice (solid) and pseudo-Dice (faint) against
+    epoch, dotted at its epoch_95; returns the file name, or None when no run has a curve.
+
+    One panel per method rather than one crowded panel: with a dozen methods and five folds each, an
+    overlay is a tangle. The y axis is shared so that levels compare across panels; the x axis too,
+    unless the methods' schedules differ in length, when it would squash the short ones.
+    """
+    shown = [m for m in methods if (curves["method"] == m).any()]
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = _colours(plt, methods)  # all methods, so that a method has its colour of the other figures
+    same_schedule = curves.groupby("method")["epoch"].max().nunique() == 1
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.4), squeeze=False,
+                             sharex=same_schedule, sharey=True)
+    for ax, method in zip(axes.flat, shown):
+        colour = colours[method]
+        for _, rows in curves[curves["method"] == method].groupby("fold", sort=False):
+            ax.plot(rows["epoch"], rows["pseudo_dice"], color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(rows["epoch"], rows["ema_pseudo_dice"], color=colour, linewidth=1.5)
+        for epoch in convergence.loc[convergence["method"] == method, "epoch_95"].dropna():
+            ax.axvline(epoch, color=colour, linestyle=":", linewidth=1.0)
+        ax.set_title(method, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for column in range(ncols):  # the lowest panel of each column carries the epoch axis
+        lowest = axes[(len(shown) - 1 - column) // ncols, column]
+        lowest.xaxis.set_tick_params(labelbottom=True)
+        lowest.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("pseudo-Dice")
+    fig.suptitle("EMA pseudo-Dice (solid), pseudo-Dice (faint) per fold; dotted: 95% of final EMA reached",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=110)
+    plt.close(fig)
+    return "curves.png"
 
 
 def _colours(plt, methods: list[str]) -> dict[str, tuple]:

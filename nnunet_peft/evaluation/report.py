@@ -3,7 +3,9 @@
 Rows are dicts with at least ``method``, ``case``, ``label``, ``dice``, ``hd95_mm``,
 ``ref_volume_ml`` and ``pred_volume_ml`` (``evaluate_folder`` gives all but ``method``); optional
 ``trainer``, ``fold`` and ``split`` default to the method, ``all`` and ``val``. Costs are dicts with
-``method`` and the fields of ``collect.COST_FIELDS``; any may be missing.
+``method`` and the fields of ``collect.COST_FIELDS``; any may be missing. Those that
+``collect_validation`` gives also carry ``trainer``, ``fold`` and ``collect.CONVERGENCE_FIELDS``, and
+its curve rows (``CURVE_COLUMNS``) hold every epoch of nnU-Net's training log.
 """
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ import pandas as pd
 
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.evaluation import stats
-from nnunet_peft.evaluation.collect import COST_FIELDS
+from nnunet_peft.evaluation.collect import CONVERGED_SHARE, COST_FIELDS, CURVE_FIELDS
 
 CASE_COLUMNS = ["split", "method", "trainer", "fold", "case", "label", "dice", "hd95_mm",
                 "ref_volume_ml", "pred_volume_ml"]
+CURVE_COLUMNS = ["method", "trainer", "fold", "epoch", *CURVE_FIELDS]
+CONVERGENCE_COLUMNS = ["method", "trainer", "fold", "epochs", "final_ema_pseudo_dice", "epoch_95",
+                       "schedule_share_95"]
 SPLIT_TITLES = {"val": "Validation (nnU-Net cross-validation folds)", "test": "Held-out test set"}
 CONVENTIONS = (
     "Dice of two empty masks is 1, with one side empty 0. HD95 is the 95th percentile of the pooled "
@@ -106,6 +111,26 @@ def cost_summary(costs: Sequence[dict], methods: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def curve_table(curves: Sequence[dict]) -> pd.DataFrame:
+    """Every epoch of every run with the columns of ``CURVE_COLUMNS`` (no rows without curves)."""
+    frame = pd.DataFrame(list(curves), columns=CURVE_COLUMNS)
+    frame["fold"] = frame["fold"].astype(str)
+    return frame
+
+
+def convergence_table(costs: Sequence[dict], methods: Sequence[str]) -> pd.DataFrame:
+    """One row per run with convergence figures, in ``methods`` order: epochs, final EMA pseudo-Dice,
+    epoch_95 and ``schedule_share_95`` = epoch_95 / epochs (NaN where epoch_95 is)."""
+    frame = pd.DataFrame([c for c in costs if "epochs" in c], columns=CONVERGENCE_COLUMNS[:-1])
+    frame = frame[frame["method"].isin(methods)].copy()
+    frame["fold"] = frame["fold"].astype(str)
+    for column in ("epochs", "final_ema_pseudo_dice", "epoch_95"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["schedule_share_95"] = frame["epoch_95"] / frame["epochs"]
+    rank = {m: i for i, m in enumerate(methods)}
+    return frame.sort_values("method", key=lambda m: m.map(rank), kind="stable").reset_index(drop=True)
+
+
 def dice_by_volume(cases: pd.DataFrame, edges: Sequence[float] | None = None) -> pd.DataFrame:
     """Dice per (split, label, method, reference-volume bin); bins from ``stats.volume_bin_edges``.
 
@@ -131,8 +156,12 @@ def dice_by_volume(cases: pd.DataFrame, edges: Sequence[float] | None = None) ->
 
 def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequence[dict] = (),
                  reference: str | None = None, volume_bins: Sequence[float] | None = None,
-                 notes: Sequence[str] = (), title: str = "nnU-Net PEFT benchmark") -> Path:
+                 notes: Sequence[str] = (), title: str = "nnU-Net PEFT benchmark",
+                 curves: Sequence[dict] = ()) -> Path:
     """Write cases.csv, methods.csv, volume_bins.csv, costs.csv, report.md and plots to ``out_dir``.
+
+    When the costs carry convergence figures or ``curves`` are given (``collect_validation``'s), also
+    convergence.csv, curves.csv, curves.png and a convergence section.
 
     Everything is built in a temporary folder beside ``out_dir`` and swapped in at the end, so a
     failure leaves the previous report intact. Returns the path of report.md.
@@ -143,6 +172,9 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequen
     binned = dice_by_volume(cases, volume_bins)
     methods = list(dict.fromkeys(cases["method"]))
     cost = cost_summary(costs, methods)
+    converged = convergence_table(costs, methods)
+    curve = curve_table(curves)
+    curve = curve[curve["method"].isin(methods)]
 
     with staged_folder(out_dir, overwrite=True) as staging:
         cases.to_csv(staging / "cases.csv", index=False)
@@ -152,13 +184,20 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict], costs: Sequen
         from nnunet_peft.evaluation import plots
 
         figures = plots.write_plots(staging, cases, summary, cost)
-        markdown = render_markdown(title, summary, binned, cost, figures, reference, notes)
+        curve_figure = None
+        if len(converged) or len(curve):
+            converged.to_csv(staging / "convergence.csv", index=False)
+            curve.to_csv(staging / "curves.csv", index=False)
+            curve_figure = plots.write_curves(staging, curve, converged, methods)
+        markdown = render_markdown(title, summary, binned, cost, figures, reference, notes,
+                                   converged if len(converged) or len(curve) else None, curve_figure)
         (staging / "report.md").write_text(markdown, encoding="utf-8")
     return out_dir / "report.md"
 
 
 def render_markdown(title: str, summary: pd.DataFrame, binned: pd.DataFrame, cost: pd.DataFrame,
-                    figures: dict[str, list[str]], reference: str | None, notes: Sequence[str]) -> str:
+                    figures: dict[str, list[str]], reference: str | None, notes: Sequence[str],
+                    convergence: pd.DataFrame | None = None, curve_figure: str | None = None) -> str:
     ref_method = reference_method(summary, reference)
     lines = [f"# {title}", "", CONVENTIONS, ""]
     lines += [f"- {note}" for note in notes]
@@ -206,7 +245,39 @@ def render_markdown(title: str, summary: pd.DataFrame, binned: pd.DataFrame, cos
               "nnU-Net's own trainers record no costs, so every network parameter is counted as "
               "trainable, there is no adapter file and the epoch time comes from nnU-Net's log; "
               "n/a: not recorded (GPU memory is only measured on a GPU).", ""]
+    if convergence is not None:
+        lines += convergence_markdown(convergence, curve_figure)
     return "\n".join(lines)
+
+
+def convergence_markdown(convergence: pd.DataFrame, curve_figure: str | None) -> list[str]:
+    """The report's convergence section: per method, how far into its schedule the curve flattened."""
+    share = f"{100 * CONVERGED_SHARE:.0f}%"
+    lines = ["## Convergence", "",
+             "From nnU-Net's own training log in each checkpoint_final.pth. Pseudo-Dice: nnU-Net's "
+             "per-epoch foreground Dice on the patches of its validation iterations (`mean_fg_dice`; not "
+             "the whole-case validation above); EMA: its moving average as nnU-Net logs it (`ema_fg_dice`, "
+             f"0.9 x previous + 0.1 x new). Epoch {share}: the first epoch, counted from 1, at which a "
+             f"run's EMA reaches {share} of its final EMA; share of schedule = that epoch / epochs "
+             "trained. A share near 100% means the curve was still rising when the schedule ended, so "
+             "a longer schedule may help; a small share means the later epochs changed little. Runs of "
+             "0 epochs (NoFinetune) have no curve. Every epoch of every run: curves.csv.", "",
+             f"| Method | Folds | Epochs | Final EMA pseudo-Dice | Epoch {share} per fold (fold: epoch) "
+             f"| Epoch {share} mean | Share of schedule |",
+             "|---|---:|---:|---|---|---:|---:|"]
+    for method, rows in convergence.groupby("method", sort=False):
+        epochs = ", ".join(str(int(e)) for e in dict.fromkeys(rows["epochs"]))
+        ema_mean, ema_sd, _ = stats.mean_sd(rows["final_ema_pseudo_dice"].tolist())
+        per_fold = ", ".join(f"{r.fold}: {_num(r.epoch_95, '{:.0f}')}" for r in rows.itertuples())
+        epoch_mean = stats.mean_sd(rows["epoch_95"].tolist())[0]
+        share_mean = stats.mean_sd(rows["schedule_share_95"].tolist())[0]
+        lines.append(f"| {method} | {len(rows)} | {epochs} | {_pm(ema_mean, ema_sd, '{:.3f}')} | {per_fold} | "
+                     f"{_num(epoch_mean, '{:.1f}')} | {_num(100 * share_mean, '{:.0f}%')} |")
+    lines.append("")
+    if curve_figure is not None:
+        lines += [f"![EMA pseudo-Dice (solid) and pseudo-Dice (faint) against epoch, one line per fold; "
+                  f"dotted: epoch {share}]({curve_figure})", ""]
+    return lines
 
 
 def _keyed_dice(rows: pd.DataFrame) -> dict:
