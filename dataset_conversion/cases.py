@@ -34,6 +34,9 @@ class Case:
     case_id: str
     images: tuple[ImageSource, ...]  # one per channel, in channel order
     labels: tuple[LabelSource, ...] = ()  # empty: an unlabelled case, written to imagesTs
+    # cases of one group (e.g. the left and right half of one subject) share data, so splits must
+    # keep them on the same side of every fold; None: the case is its own group
+    group: str | None = None
 
     @property
     def labelled(self) -> bool:

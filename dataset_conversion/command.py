@@ -44,7 +44,8 @@ def _common_options() -> argparse.ArgumentParser:
                         help="write nnUNet_preprocessed/DatasetNNN_Name/splits_final.json with K folds "
                              "(K defaults to 5 when omitted)")
     common.add_argument("--stratify-volume", action="store_true",
-                        help="balance the folds by total foreground volume per case")
+                        help="balance the folds by total foreground volume per case (per subject where a "
+                             "subject gives several cases, e.g. lpba40 --split-sides)")
     common.add_argument("--fix-geometry", action="store_true",
                         help="copy the image's spacing/origin/direction onto a mask of the same size whose "
                              "header differs (e.g. written by a tool that dropped the orientation)")
@@ -54,6 +55,11 @@ def _common_options() -> argparse.ArgumentParser:
                         help="absolute tolerance for spacing and origin, in mm (default: 1e-3)")
     common.add_argument("--direction-atol", type=float, default=1e-4, metavar="A",
                         help="absolute tolerance for direction cosines (default: 1e-4)")
+    common.add_argument("--crop-margin", type=float, metavar="MM",
+                        help="crop each labelled case (image and mask) to the mask's foreground plus MM mm on "
+                             "every side (ceil(MM / spacing) voxels per axis, clipped to the image), for "
+                             "building benchmarks on small structures; at inference time there is no label "
+                             "to crop around, so a model trained on crops needs inputs cropped the same way")
     common.add_argument("--max-cases", type=int, metavar="N",
                         help="convert only the first N cases (labelled first, by case id), for a quick trial")
     common.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         preprocessed_dir=_folder(args.preprocessed, "nnUNet_preprocessed"),
         overwrite=args.overwrite, fix_geometry=args.fix_geometry,
         tolerance=GeometryTolerance(args.geometry_rtol, args.geometry_atol, args.direction_atol),
-        folds=args.folds, stratify=args.stratify_volume, max_cases=args.max_cases)
+        folds=args.folds, stratify=args.stratify_volume, max_cases=args.max_cases,
+        crop_margin=args.crop_margin)
     result = convert(layout, args.input, options, progress=None if args.quiet else sys.stderr)
     print(result.report())
     return 0

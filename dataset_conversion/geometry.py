@@ -1,7 +1,10 @@
-"""Comparing the physical grids of an image and its mask (size, spacing, origin, direction)."""
+"""Comparing the physical grids of an image and its mask (size, spacing, origin, direction), and
+cropping both to the mask's foreground."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,3 +54,42 @@ def geometry_differences(reference: sitk.Image, other: sitk.Image, tol: Geometry
 
 def same_size(reference: sitk.Image, other: sitk.Image) -> bool:
     return reference.GetSize() == other.GetSize()
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A box of voxels in SimpleITK's (x, y, z) order: first voxel and extent per axis."""
+
+    index: tuple[int, ...]
+    size: tuple[int, ...]
+
+    def crop(self, image: sitk.Image) -> sitk.Image:
+        # RegionOfInterest keeps spacing and direction and puts the origin at the first kept voxel,
+        # so the cropped voxels stay where they were in physical space, oblique grids included
+        return sitk.RegionOfInterest(image, list(self.size), list(self.index))
+
+    def slices(self) -> tuple[slice, ...]:
+        """The same box for a numpy array, whose axes are (z, y, x)."""
+        return tuple(slice(i, i + n) for i, n in zip(reversed(self.index), reversed(self.size)))
+
+
+def foreground_box(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> CropBox | None:
+    """The bounding box of ``mask > 0`` (a numpy (z, y, x) array) grown by ``margin_mm`` on every side
+    and clipped to the grid; None when the mask has no foreground.
+
+    The margin is ceil(margin_mm / spacing) voxels along each axis, with that axis' own ``spacing``
+    (x, y, z as SimpleITK gives it), so that a thick-slice axis gets as many mm as a thin one.
+    """
+    foreground = mask > 0
+    if not foreground.any():
+        return None
+    index, size = [], []
+    for axis, step in enumerate(spacing):
+        np_axis = mask.ndim - 1 - axis
+        present = np.flatnonzero(foreground.any(axis=tuple(a for a in range(mask.ndim) if a != np_axis)))
+        # 8 mm / 0.8 mm is 10.000000000000002 in floating point: that is 10 voxels, not 11
+        pad = math.ceil(margin_mm / step - 1e-6)
+        low, high = max(0, int(present[0]) - pad), min(mask.shape[np_axis], int(present[-1]) + 1 + pad)
+        index.append(low)
+        size.append(high - low)
+    return CropBox(tuple(index), tuple(size))

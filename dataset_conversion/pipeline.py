@@ -1,7 +1,11 @@
-"""The conversion every layout shares: discover -> check every case -> write to a temporary folder ->
-move into place, then dataset.json, an optional splits_final.json and a summary.
+"""The conversion every layout shares: discover -> check every case -> (crop) -> write to a temporary
+folder -> move into place, then dataset.json, an optional splits_final.json and a summary.
 
-Checking and writing happen in one pass (each file is read once); writing stops at the first
+Cropping (``ConvertOptions.crop_margin``) cuts each labelled case down to its mask's foreground plus a
+margin in mm (``geometry.foreground_box``), for benchmarks on small structures. Cases with a
+``Case.group`` (e.g. both sides of one subject) get grouped folds (``splits.grouped_kfold_splits``).
+
+Checking and writing happen in one pass (each file is read once per case); writing stops at the first
 problem but checking goes on, so that one run lists every problem of the input.
 """
 from __future__ import annotations
@@ -23,10 +27,12 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 from nnunet_peft.dataset_conversion.cases import Case, ConversionError, Problem
 from nnunet_peft.dataset_conversion.formats.base import LabelValue, Layout
-from nnunet_peft.dataset_conversion.geometry import GeometryTolerance, geometry_differences, same_size
+from nnunet_peft.dataset_conversion.geometry import (CropBox, GeometryTolerance, foreground_box,
+                                                     geometry_differences, same_size)
 from nnunet_peft.dataset_conversion.imageio import OUTPUT_ENDING, ImageReadError, ImageSource, read_image, write_image
 from nnunet_peft.dataset_conversion.labels import format_values, integer_labels
-from nnunet_peft.dataset_conversion.splits import kfold_splits, stratified_splits
+from nnunet_peft.dataset_conversion.splits import (grouped_kfold_splits, grouped_stratified_splits, kfold_splits,
+                                                   stratified_splits)
 
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -43,6 +49,7 @@ class ConvertOptions:
     folds: int | None = None
     stratify: bool = False
     max_cases: int | None = None
+    crop_margin: float | None = None  # mm around the mask's foreground; None: keep the whole image
 
     def __post_init__(self) -> None:
         if not 1 <= self.dataset_id <= 999:
@@ -64,6 +71,8 @@ class ConvertOptions:
             raise ValueError("--stratify-volume only applies to splits; add --folds K")
         if self.max_cases is not None and self.max_cases < 1:
             raise ValueError(f"--max-cases must be at least 1, got {self.max_cases}")
+        if self.crop_margin is not None and not 0 <= self.crop_margin < float("inf"):
+            raise ValueError(f"--crop-margin must be a distance of 0 mm or more, got {self.crop_margin}")
 
     @property
     def folder_name(self) -> str:
@@ -80,6 +89,8 @@ class ConversionResult:
     fixed_geometry: list[str] = field(default_factory=list)
     splits_file: Path | None = None
     folds: int | None = None
+    groups: dict[str, str] | None = None  # training case -> group, where the folds keep groups together
+    crop_margin: float | None = None
 
     def report(self) -> str:
         lines = [f"{self.dataset_dir.name} written to {self.dataset_dir}",
@@ -91,10 +102,15 @@ class ConversionResult:
             label = f"{value} {self.label_names.get(value, '')}"[:38]
             lines.append(f"    {label:<38} {v.min():9.3f} {np.median(v):9.3f} {v.max():9.3f}  "
                          f"{int((v > 0).sum())}/{len(v)}")
+        if self.crop_margin is not None:
+            lines.append(f"  cropped to the mask's foreground + {self.crop_margin:g} mm on every side")
         if self.fixed_geometry:
             lines.append(f"  --fix-geometry copied the image geometry onto {len(self.fixed_geometry)} mask(s): "
                          f"{', '.join(self.fixed_geometry)}")
-        if self.splits_file is not None:
+        if self.splits_file is not None and self.groups is not None:
+            lines.append(f"  {self.folds}-fold splits grouped by subject ({len(set(self.groups.values()))} subjects; "
+                         f"a subject's cases are always in the same fold) written to {self.splits_file}")
+        elif self.splits_file is not None:
             lines.append(f"  {self.folds}-fold splits written to {self.splits_file}")
         return "\n".join(lines)
 
@@ -103,6 +119,8 @@ def convert(layout: Layout, source: Path, options: ConvertOptions, progress: Tex
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
+    if options.crop_margin is None and (why := layout.crop_required()):
+        raise ValueError(f"{why}; add --crop-margin MM")
     target = options.raw_dir / options.folder_name
     splits_file = (options.preprocessed_dir / options.folder_name / "splits_final.json"
                    if options.folds is not None and options.preprocessed_dir is not None else None)
@@ -129,9 +147,14 @@ def convert(layout: Layout, source: Path, options: ConvertOptions, progress: Tex
                 print(f"[{i}/{len(cases)}] {case.case_id}", file=progress, flush=True)
             problems += writer.convert(case, tmp, write=not problems)
         labels = declared if declared is not None else _infer_labels(writer.observed, problems)
+        groups = _groups(cases, writer.training)
         if options.folds is not None and len(writer.training) < options.folds and not problems:
             problems.append(Problem(f"{options.folds}-fold cross-validation needs at least {options.folds} "
                                     f"labelled cases, found {len(writer.training)}; lower --folds"))
+        elif options.folds is not None and groups and len(set(groups.values())) < options.folds and not problems:
+            problems.append(Problem(f"{options.folds}-fold cross-validation grouped by subject needs at least "
+                                    f"{options.folds} subjects, found {len(set(groups.values()))} (in "
+                                    f"{len(writer.training)} cases); lower --folds or add subjects"))
         if problems:
             raise ConversionError(problems, source)
         generate_dataset_json(str(tmp), channel_names=dict(layout.channel_names()), labels=dict(labels),
@@ -145,15 +168,33 @@ def convert(layout: Layout, source: Path, options: ConvertOptions, progress: Tex
     names = {v: n for n, v in labels.items() if isinstance(v, int)} | layout.value_names()
     # a label first seen in a later case has no entry for the earlier ones: they hold 0 mL of it
     volumes = {v: {c: per_case.get(c, 0.0) for c in writer.training} for v, per_case in writer.volumes.items()}
-    result = ConversionResult(target, writer.training, writer.test, volumes, names, writer.fixed)
+    result = ConversionResult(target, writer.training, writer.test, volumes, names, writer.fixed,
+                              crop_margin=options.crop_margin)
     if splits_file is not None:
         assert options.folds is not None
         totals = {c: sum(per_case[c] for per_case in volumes.values()) for c in writer.training}
-        splits = (stratified_splits(totals, options.folds) if options.stratify
-                  else kfold_splits(writer.training, options.folds))
-        _write_json_atomically(splits, splits_file)
-        result.splits_file, result.folds = splits_file, options.folds
+        _write_json_atomically(_splits(totals, groups, options), splits_file)
+        result.splits_file, result.folds, result.groups = splits_file, options.folds, groups
     return result
+
+
+def _groups(cases: list[Case], training: list[str]) -> dict[str, str] | None:
+    """``case -> group`` of the training cases, or None when no case has a group (plain folds)."""
+    by_id = {c.case_id: c for c in cases}
+    if all(by_id[c].group is None for c in training):
+        return None
+    return {c: by_id[c].group or c for c in training}  # an ungrouped case is a group of its own
+
+
+def _splits(totals: dict[str, float], groups: dict[str, str] | None,
+            options: ConvertOptions) -> list[dict[str, list[str]]]:
+    assert options.folds is not None
+    if groups is not None:
+        # stratifying groups by their total volume keeps both goals: balanced folds, no subject in two
+        return (grouped_stratified_splits(totals, groups, options.folds) if options.stratify
+                else grouped_kfold_splits(groups, options.folds))
+    return (stratified_splits(totals, options.folds) if options.stratify
+            else kfold_splits(list(totals), options.folds))
 
 
 def _refuse_clashes(options: ConvertOptions, target: Path, splits_file: Path | None) -> None:
@@ -216,8 +257,12 @@ class _CaseWriter:
                 problems.append(Problem("image contains NaN values; replace them (e.g. with the background "
                                         "intensity) before converting", case.case_id, src))
         label = self._labels(case, reference, problems) if case.labelled else None
+        box = self._crop_box(case, label, reference, problems) if self.options.crop_margin is not None else None
         if problems or not write:
             return problems
+        if box is not None and label is not None:
+            images, label = [box.crop(image) for image in images], label[box.slices()]
+            reference = images[0]
 
         folder = "imagesTr" if case.labelled else "imagesTs"
         (out / folder).mkdir(exist_ok=True)
@@ -238,6 +283,23 @@ class _CaseWriter:
             n = int(counts[value]) if value < len(counts) else 0
             self.volumes.setdefault(value, {})[case.case_id] = n * voxel_ml
         return problems
+
+    def _crop_box(self, case: Case, label: np.ndarray | None, reference: sitk.Image,
+                  problems: list[Problem]) -> CropBox | None:
+        assert self.options.crop_margin is not None
+        if not case.labelled:
+            problems.append(Problem("--crop-margin crops around the mask, but this image has none; leave "
+                                    "unlabelled images out of the input or convert them without --crop-margin",
+                                    case.case_id, case.images[0]))
+            return None
+        if label is None:  # the mask could not be read: already a problem
+            return None
+        box = foreground_box(label, reference.GetSpacing(), self.options.crop_margin)
+        if box is None:
+            problems.append(Problem("mask has no foreground after label mapping, so --crop-margin has nothing to "
+                                    "crop around; check that the mask holds the selected structures, or leave "
+                                    "the case out", case.case_id, case.labels[0].path))
+        return box
 
     @staticmethod
     def _read(case: Case, source: ImageSource, problems: list[Problem]) -> sitk.Image | None:
@@ -276,7 +338,7 @@ class _CaseWriter:
                                         f"mapping '{part.mapping}' does not cover; check that this is the right mask "
                                         f"and format, or map them explicitly (e.g. append ';*->0' to --labels to "
                                         f"send them to background)", case.case_id, part.path))
-            present = set(np.unique(mapped).tolist())
+            present = set(np.flatnonzero(np.bincount(mapped.ravel())).tolist())  # np.unique sorts: slow
             if self.allowed is not None and (extra := sorted(present - self.allowed)):
                 problems.append(Problem(f"mask holds label value(s) {format_values(extra)} but the dataset's labels "
                                         f"are {format_values(sorted(self.allowed))}; check the mask or remap its "

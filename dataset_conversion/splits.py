@@ -35,9 +35,35 @@ def stratified_splits(volumes: dict[str, float], folds: int, seed: int = SEED) -
     return [{"train": sorted(c for c in ordered if c not in set(v)), "val": sorted(v)} for v in val]
 
 
-def _check(n_cases: int, folds: int) -> None:
+def grouped_kfold_splits(groups: dict[str, str], folds: int, seed: int = SEED) -> list[dict[str, list[str]]]:
+    """k-fold splits in which all cases of a group (``case -> group``) are on the same side of every fold.
+
+    nnU-Net's own split is made over the sorted group ids and then expanded to their cases, so with one
+    case per group (group = case id) this is exactly ``kfold_splits``.
+    """
+    _check(len(set(groups.values())), folds, what="groups (subjects)")
+    return _expand(kfold_splits(sorted(set(groups.values())), folds, seed), groups)
+
+
+def grouped_stratified_splits(volumes: dict[str, float], groups: dict[str, str], folds: int,
+                              seed: int = SEED) -> list[dict[str, list[str]]]:
+    """``stratified_splits`` over groups, each weighed by the total volume of its cases, then expanded."""
+    totals: dict[str, float] = {}
+    for case, volume in volumes.items():
+        totals[groups[case]] = totals.get(groups[case], 0.0) + volume
+    _check(len(totals), folds, what="groups (subjects)")
+    return _expand(stratified_splits(totals, folds, seed), groups)
+
+
+def _expand(splits: list[dict[str, list[str]]], groups: dict[str, str]) -> list[dict[str, list[str]]]:
+    members: dict[str, list[str]] = {}
+    for case, group in groups.items():
+        members.setdefault(group, []).append(case)
+    return [{part: sorted(c for g in s[part] for c in members[g]) for part in ("train", "val")} for s in splits]
+
+
+def _check(n: int, folds: int, what: str = "labelled cases") -> None:
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
-    if n_cases < folds:
-        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} labelled cases, found {n_cases}; "
-                         f"lower --folds")
+    if n < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} {what}, found {n}; lower --folds")

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_peft import cli
-from nnunet_peft.dataset_conversion.geometry import GeometryTolerance, geometry_differences
+from nnunet_peft.dataset_conversion.geometry import CropBox, GeometryTolerance, foreground_box, geometry_differences
 from nnunet_peft.dataset_conversion.labels import LabelMapping, integer_labels
 from nnunet_peft.dataset_conversion.splits import kfold_splits, stratified_splits
 
@@ -350,6 +350,97 @@ def test_stratified_folds_from_the_command_line(folders, capsys) -> None:
     splits = json.loads((pre / "Dataset001_S" / "splits_final.json").read_text())
     for s in splits:  # one of the three smaller and one of the three larger cases per fold
         assert sorted(int(c[-2:]) // 3 for c in s["val"]) == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------- crop, groups
+
+
+def test_foreground_box_margin_is_in_mm_per_axis() -> None:
+    m = np.zeros((20, 30, 40), np.uint8)
+    m[10, 12:14, 20:25] = 1
+    # 8 mm: 8 / 0.8 is 10.000000000000002 in floating point and still 10 voxels; 8 / 3 rounds up to 3
+    box = foreground_box(m, (0.8, 1.0, 3.0), 8.0)
+    assert box == CropBox(index=(10, 4, 7), size=(25, 18, 7))
+    assert box.slices() == (slice(7, 14), slice(4, 22), slice(10, 35))
+    assert foreground_box(m, (0.8, 1.0, 3.0), 0.0) == CropBox((20, 12, 10), (5, 2, 1))
+    assert foreground_box(np.zeros_like(m), (1.0, 1.0, 1.0), 8.0) is None
+
+
+def test_crop_margin_anisotropic_and_oblique(folders, capsys) -> None:
+    src, raw = folders["src"], folders["raw"]
+    volume = np.random.default_rng(0).random((10, 20, 30)).astype(np.float32)
+    label = np.zeros((10, 20, 30), np.uint8)
+    label[4:6, 8:12, 12:18] = 1
+    direction = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # x and y swapped: the origin moves along them
+    kwargs = dict(spacing=(0.5, 1.0, 3.0), origin=(10.0, 20.0, 30.0), direction=direction)
+    write(src / "images" / "a.nii.gz", volume, **kwargs)
+    write(src / "masks" / "a.nii.gz", label, **kwargs)
+    code, out, err = convert(capsys, "paired", src, "--crop-margin", "2")
+    assert code == 0, err
+    ds = raw / "Dataset001_src"
+    cropped = sitk.ReadImage(str(ds / "imagesTr" / "a_0000.nii.gz"))
+    # 2 mm: 4 voxels along x (0.5 mm), 2 along y (1 mm), 1 along z (3 mm, rounded up)
+    assert cropped.GetSize() == (14, 8, 4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(cropped), volume[3:7, 6:14, 8:22])
+    # first kept voxel (8, 6, 3) is (4, 6, 9) mm along the grid axes; the direction sends them to (6, 4, 9)
+    assert np.allclose(cropped.GetOrigin(), (16.0, 24.0, 39.0))
+    assert np.allclose(cropped.GetSpacing(), (0.5, 1.0, 3.0)) and np.allclose(cropped.GetDirection(), direction)
+    written_label = sitk.ReadImage(str(ds / "labelsTr" / "a.nii.gz"))
+    assert written_label.GetSize() == (14, 8, 4) and np.allclose(written_label.GetOrigin(), (16.0, 24.0, 39.0))
+    assert int(sitk.GetArrayFromImage(written_label).sum()) == int(label.sum())
+    assert "cropped to the mask's foreground + 2 mm on every side" in out
+
+
+def test_crop_margin_is_clipped_at_the_image_border(folders, capsys) -> None:
+    src, raw = folders["src"], folders["raw"]
+    label = np.zeros(SHAPE, np.uint8)
+    label[0:2, 6:8, 3:5] = 1  # touches the first z and the last y slice
+    write(src / "images" / "a.nii.gz", image(), origin=(5.0, 6.0, 7.0))
+    write(src / "masks" / "a.nii.gz", label, origin=(5.0, 6.0, 7.0))
+    code, _, err = convert(capsys, "paired", src, "--crop-margin", "2")
+    assert code == 0, err
+    cropped = sitk.ReadImage(str(raw / "Dataset001_src" / "imagesTr" / "a_0000.nii.gz"))
+    # spacing (1, 1, 2): x 3..4 +- 2 -> 1..6, y 6..7 +- 2 -> 4..7 (clipped), z 0..1 +- 1 -> 0..2 (clipped)
+    assert cropped.GetSize() == (6, 4, 3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(cropped), image()[0:3, 4:8, 1:7])
+    assert np.allclose(cropped.GetOrigin(), (6.0, 10.0, 7.0))
+
+
+def test_crop_margin_needs_a_mask_with_foreground(folders, capsys) -> None:
+    src, raw = folders["src"], folders["raw"]
+    make_paired(src, 2)
+    write(src / "images" / "empty.nii.gz", image())
+    write(src / "masks" / "empty.nii.gz", np.zeros(SHAPE, np.uint8))
+    write(src / "images" / "test.nii.gz", image())
+    code, _, err = convert(capsys, "paired", src, "--crop-margin", "4", "--unlabelled-as-test")
+    assert code == 2 and "2 problem(s)" in err
+    assert any("case empty" in ln and "empty.nii.gz" in ln and "no foreground" in ln for ln in err.splitlines())
+    assert any("case test" in ln and "test.nii.gz" in ln and "--crop-margin crops around the mask, but this image "
+               "has none" in ln for ln in err.splitlines())
+    assert_nothing_written(raw)
+
+
+def test_grouped_splits_keep_a_group_together() -> None:
+    from nnunet_peft.dataset_conversion.splits import grouped_kfold_splits, grouped_stratified_splits
+
+    groups = {f"s{g}{part}": f"s{g}" for g in range(7) for part in "abc"}
+    for splits in (grouped_kfold_splits(groups, 3),
+                   grouped_stratified_splits({c: float(c[1]) for c in groups}, groups, 3)):
+        assert sorted(c for s in splits for c in s["val"]) == sorted(groups)
+        for s in splits:
+            assert sorted(s["train"] + s["val"]) == sorted(groups)
+            assert {groups[c] for c in s["train"]}.isdisjoint(groups[c] for c in s["val"])
+    # one case per group: nnU-Net's own split
+    ids = [f"case{i:02d}" for i in range(10)]
+    assert grouped_kfold_splits({c: c for c in ids}, 3) == kfold_splits(ids, 3)
+    # groups weighed by their totals: 3 cases of 1 mL outweigh 1 case of 2 mL
+    volumes = {"a1": 1.0, "a2": 1.0, "a3": 1.0, "b1": 2.0, "c1": 0.5, "d1": 2.5}
+    by_group = {c: c[0] for c in volumes}
+    for s in grouped_stratified_splits(volumes, by_group, 2):  # totals c 0.5 < b 2 < d 2.5 < a 3
+        val = {c[0] for c in s["val"]}
+        assert len(val & {"c", "b"}) == 1 and len(val & {"d", "a"}) == 1
+    with pytest.raises(ValueError, match="at least 5 groups \\(subjects\\), found 2"):
+        grouped_kfold_splits({"a1": "a", "a2": "a", "b1": "b", "b2": "b", "b3": "b"}, 5)
 
 
 # ---------------------------------------------------------------------------------------------- layouts

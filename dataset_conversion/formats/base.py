@@ -43,6 +43,10 @@ class Layout(ABC):
     def labels(self) -> dict[str, LabelValue] | None:
         """dataset.json labels ({'background': 0, ...}); None: infer consecutive labels from the masks."""
 
+    def crop_required(self) -> str | None:
+        """Why this layout's cases only make sense cropped (--crop-margin), or None if they do whole."""
+        return None
+
     def regions_class_order(self) -> tuple[int, ...] | None:
         return None
 
