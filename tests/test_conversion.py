@@ -640,6 +640,110 @@ def test_lpba40_missing_label(folders, capsys) -> None:
     assert_nothing_written(raw)
 
 
+def make_lpba40_nifti(src: Path, subjects=("S01", "S02")) -> None:
+    """The delineation-space NIfTI files as distributed now: images/ and labels/ side by side."""
+    for i, subject in enumerate(subjects):
+        write(src / "images" / f"{subject}.delineation.skullstripped.nii.gz", image(i))
+        write(src / "labels" / f"{subject}.delineation.structure.label.nii.gz", mask(165, 166, 21, 22, 182))
+
+
+def test_lpba40_default_keeps_the_hippocampus_labels(folders, capsys) -> None:
+    src, raw = folders["src"], folders["raw"]
+    make_lpba40(src)
+    assert convert(capsys, "lpba40", src)[0] == 0
+    meta = json.loads((raw / "Dataset001_LPBA40" / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "left": 1, "right": 2}  # as before --structures, and as harp's
+
+
+@pytest.mark.parametrize("sides, labels, expected", [
+    # blocks along x hold 165 (left hippocampus), 166, 21 / 22 (superior frontal), 182 (brainstem)
+    ("separate", {"background": 0, "left_superior_frontal_gyrus": 1, "right_superior_frontal_gyrus": 2,
+                  "left_hippocampus": 3, "brainstem": 4}, [3, 0, 1, 2, 4]),
+    ("merged", {"background": 0, "superior_frontal_gyrus": 1, "left_hippocampus": 2, "brainstem": 3},
+     [2, 0, 1, 1, 3]),
+])
+def test_lpba40_nifti_and_structures_by_name_and_code(folders, capsys, sides, labels, expected) -> None:
+    src, raw = folders["src"], folders["raw"]
+    make_lpba40_nifti(src)
+    code, _, err = convert(capsys, "lpba40", src, "--structures", "superior frontal, left_hippocampus,182",
+                           "--sides", sides)
+    assert code == 0, err
+    ds = raw / "Dataset001_LPBA40"
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == ["S01.nii.gz", "S02.nii.gz"]
+    assert json.loads((ds / "dataset.json").read_text())["labels"] == labels
+    out = read(ds / "labelsTr" / "S02.nii.gz")
+    assert [int(out[1, 1, 2 * i]) for i in range(5)] == expected
+    np.testing.assert_array_equal(read(ds / "imagesTr" / "S02_0000.nii.gz"), image(1))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hipocampus", "unknown LPBA40 structure 'hipocampus'; valid names are superior_frontal_gyrus,"),
+    ("hippocampus,99", "unknown LPBA40 structure '99'"),
+    ("hippocampus,165", "selects left_hippocampus (165) twice"),
+])
+def test_lpba40_bad_structures_are_argparse_errors(folders, capsys, spec, message) -> None:
+    make_lpba40_nifti(folders["src"])
+    with pytest.raises(SystemExit) as exit_:
+        convert(capsys, "lpba40", folders["src"], "--structures", spec)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--structures" in err and message in err
+    if "valid names" in message:
+        assert "cerebellum, brainstem" in err and "left_NAME" in err
+
+
+def make_lpba40_heads(src: Path, subjects: int) -> None:
+    """Heads of 10 x 20 x 30 voxels (1 x 2 x 0.5 mm) with a left (165) and a right (166) hippocampus."""
+    for s in range(1, subjects + 1):
+        label = np.zeros((10, 20, 30), np.uint8)
+        label[4:6, 8:10, 4:8] = 165
+        label[4:6, 8:10 + s, 20:24] = 166  # volumes differ per subject
+        label[0, 0, 15] = 21  # another structure between them, which must not widen either crop
+        write(src / "images" / f"S{s:02d}.delineation.skullstripped.nii.gz",
+              np.random.default_rng(s).random((10, 20, 30)), spacing=(0.5, 2.0, 1.0))
+        write(src / "labels" / f"S{s:02d}.delineation.structure.label.nii.gz", label, spacing=(0.5, 2.0, 1.0))
+
+
+@pytest.mark.parametrize("sides, right_value", [("separate", 2), ("merged", 1)])
+def test_lpba40_split_sides_makes_cropped_per_side_cases_in_grouped_folds(folders, capsys, sides, right_value) -> None:
+    src, raw, pre = folders["src"], folders["raw"], folders["pre"]
+    make_lpba40_heads(src, 4)
+    code, out, err = convert(capsys, "lpba40", src, "--split-sides", "--crop-margin", "1", "--sides", sides,
+                             "--folds", "2")
+    assert code == 0, err
+    ds = raw / "Dataset001_LPBA40"
+    ids = [f"S{s:02d}{side}" for s in range(1, 5) for side in "LR"]
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in ids]
+    left, right = read(ds / "labelsTr" / "S03L.nii.gz"), read(ds / "labelsTr" / "S03R.nii.gz")
+    # 1 mm is 2 voxels along x (0.5 mm), 1 along y (2 mm, rounded up) and 1 along z
+    assert left.shape == (4, 4, 8) and right.shape == (4, 7, 8)
+    assert np.unique(left).tolist() == [0, 1] and np.unique(right).tolist() == [0, right_value]
+    source = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "images" / "S03.delineation.skullstripped.nii.gz")))
+    np.testing.assert_array_equal(read(ds / "imagesTr" / "S03R_0000.nii.gz"), source[3:7, 7:14, 18:26])
+    assert np.allclose(sitk.ReadImage(str(ds / "imagesTr" / "S03R_0000.nii.gz")).GetOrigin(), (9.0, 14.0, 3.0))
+    splits = json.loads((pre / "Dataset001_LPBA40" / "splits_final.json").read_text())
+    for fold in splits:
+        assert sorted(fold["train"] + fold["val"]) == ids
+        for subject in range(1, 5):  # both sides of a subject on the same side of every split
+            assert (f"S{subject:02d}L" in fold["val"]) == (f"S{subject:02d}R" in fold["val"])
+    assert "2-fold splits grouped by subject (4 subjects" in out and "+ 1 mm on every side" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split-sides"], "--split-sides makes a left and a right case from each head, which uncropped would be "
+                        "two whole-head copies; add --crop-margin MM"),
+    (["--split-sides", "--crop-margin", "4", "--structures", "hippocampus,cerebellum"],
+     "cerebellum lie(s) on neither side"),
+    (["--split-sides", "--crop-margin", "4", "--folds", "3"],
+     "3-fold cross-validation grouped by subject needs at least 3 subjects, found 2 (in 4 cases)"),
+    (["--crop-margin", "-1"], "--crop-margin must be a distance of 0 mm or more"),
+])
+def test_lpba40_split_sides_errors(folders, capsys, args, message) -> None:
+    make_lpba40_heads(folders["src"], 2)
+    code, _, err = convert(capsys, "lpba40", folders["src"], *args)
+    assert code == 2 and message in err
+    assert_nothing_written(folders["raw"])
+
+
 def make_lorapt(src: Path) -> None:
     for i in range(1, 5):
         write(src / f"sub{i}" / f"sub{i}_img.nii.gz", image(i))

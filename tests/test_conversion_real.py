@@ -1,5 +1,6 @@
 """Real data through the converters (`msd`: the Decathlon hippocampus sample; `paired`: real DICOM
-series) and then through nnU-Net's own integrity check and preprocessing."""
+series; `lpba40`: hippocampus crops of a few subjects) and then through nnU-Net's own integrity check
+and preprocessing."""
 from __future__ import annotations
 
 import json
@@ -13,15 +14,19 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_peft.dataset_conversion.formats import FORMATS
+from nnunet_peft.dataset_conversion.formats.lpba40 import Lpba40, parse_structures
 from nnunet_peft.dataset_conversion.pipeline import ConvertOptions, ConversionResult, convert
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSD = DATA / "msd_hippocampus_sample"
 DICOM = DATA / "dicom_mri_sample"
+LPBA40 = DATA / "lpba40"
 N_MSD_CASES = 8  # enough for 2 folds and nnU-Net's planning, few enough to preprocess in seconds
 
-pytestmark = pytest.mark.skipif(not (MSD.is_dir() and DICOM.is_dir()),
-                                reason=f"real data not available ({DATA} is absent beside the checkout)")
+needs_samples = pytest.mark.skipif(not (MSD.is_dir() and DICOM.is_dir()),
+                                   reason=f"real data not available ({MSD} or {DICOM} is absent beside the checkout)")
+needs_lpba40 = pytest.mark.skipif(not (LPBA40 / "images").is_dir(),
+                                  reason=f"LPBA40 not available ({LPBA40}/images is absent beside the checkout)")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"raw": raw, "pre": pre, "msd": msd, "dicom": dicom}
 
 
+@needs_samples
 def test_msd_hippocampus_sample(converted) -> None:
     result: ConversionResult = converted["msd"]
     ds = result.dataset_dir
@@ -72,6 +78,7 @@ def test_msd_hippocampus_sample(converted) -> None:
     assert sorted(splits[0]["val"] + splits[1]["val"]) == expected
 
 
+@needs_samples
 def test_paired_real_dicom_series(converted) -> None:
     result: ConversionResult = converted["dicom"]
     ds = result.dataset_dir
@@ -91,6 +98,7 @@ def test_paired_real_dicom_series(converted) -> None:
     assert volumes["11_HCropVolume"] == pytest.approx(0.4)
 
 
+@needs_samples
 @pytest.mark.slow
 def test_nnunet_verifies_and_preprocesses_the_converted_datasets(converted) -> None:
     if shutil.which("nnUNetv2_plan_and_preprocess") is None:
@@ -111,3 +119,42 @@ def test_nnunet_verifies_and_preprocesses_the_converted_datasets(converted) -> N
         assert len(list((pre / name / "nnUNetPlans_3d_fullres").glob("*.pkl"))) == n
     # nnU-Net keeps the splits the converter wrote
     assert (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text() == splits_before
+
+
+@needs_lpba40
+def test_lpba40_hippocampus_crops_per_side(tmp_path: Path) -> None:
+    subjects = ("S02", "S03", "S04")
+    src = tmp_path / "lpba40"  # links to three subjects, read in place
+    for subject in subjects:
+        for folder, name in (("images", "skullstripped"), ("labels", "structure.label")):
+            (src / folder).mkdir(parents=True, exist_ok=True)
+            (src / folder / f"{subject}.delineation.{name}.nii.gz").symlink_to(
+                LPBA40 / folder / f"{subject}.delineation.{name}.nii.gz")
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    raw.mkdir()
+    layout = Lpba40("merged", parse_structures("hippocampus"), split_sides=True)
+    result = convert(layout, src, ConvertOptions(6, "LPBA40", raw, pre, folds=3, crop_margin=8.0), progress=None)
+    ids = [f"{s}{side}" for s in subjects for side in "LR"]
+    assert result.training_cases == ids and result.groups == {c: c[:3] for c in ids}
+    ds = result.dataset_dir
+    assert json.loads((ds / "dataset.json").read_text())["labels"] == {"background": 0, "hippocampus": 1}
+    for subject, side, code in (("S02", "L", 165), ("S04", "R", 166)):
+        source_label = sitk.ReadImage(str(src / "labels" / f"{subject}.delineation.structure.label.nii.gz"))
+        source_image = sitk.ReadImage(str(src / "images" / f"{subject}.delineation.skullstripped.nii.gz"))
+        z, y, x = np.nonzero(sitk.GetArrayViewFromImage(source_label) == code)
+        # 1 mm voxels, far from the border: 8 voxels on every side of the structure
+        low, high = np.array([x.min(), y.min(), z.min()]) - 8, np.array([x.max(), y.max(), z.max()]) + 9
+        label = sitk.ReadImage(str(ds / "labelsTr" / f"{subject}{side}.nii.gz"))
+        image = sitk.ReadImage(str(ds / "imagesTr" / f"{subject}{side}_0000.nii.gz"))
+        assert label.GetSize() == image.GetSize() == tuple(int(n) for n in high - low)
+        assert all(20 < n < 80 for n in label.GetSize())  # a hippocampus with margins, not a head (160x192x160)
+        assert np.allclose(image.GetOrigin(), source_image.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        values = sitk.GetArrayFromImage(label)
+        assert np.unique(values).tolist() == [0, 1] and int(values.sum()) == len(x)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image),
+                                      sitk.GetArrayViewFromImage(source_image)[low[2]:high[2], low[1]:high[1],
+                                                                               low[0]:high[0]])
+    # one hippocampus measures 2 to 6 mL in LPBA40's generous delineations
+    assert all(2.0 < v < 6.0 for v in result.volumes_ml[1].values())
+    splits = json.loads((pre / ds.name / "splits_final.json").read_text())
+    assert sorted(sorted(s["val"]) for s in splits) == [[f"{s}L", f"{s}R"] for s in subjects]

@@ -41,10 +41,10 @@ def declared_labels(mapping: LabelMapping, names: list[str] | None) -> dict[str,
     return {"background": 0} | {name: i for i, name in enumerate(names, 1)}
 
 
-def add_sides_option(parser: argparse.ArgumentParser) -> None:
+def add_sides_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     parser.add_argument("--sides", choices=SIDES, default="separate",
-                        help="hippocampus labels: 'separate' writes left=1 and right=2, 'merged' writes both as 1 "
-                             "(default: separate)")
+                        help=help or "hippocampus labels: 'separate' writes left=1 and right=2, 'merged' writes "
+                                     "both as 1 (default: separate)")
 
 
 def hippocampus_labels(sides: str) -> dict[str, int]:
