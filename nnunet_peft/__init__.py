@@ -4,13 +4,15 @@
     inject_adapters(network, PeftConfig(method="cp_lora", rank=8, alpha=8))
     plain = merge_adapters(network)   # a stock network with W0 + dW
 """
-from nnunet_peft.adapter_io import adapter_state_dict, load_adapter, save_adapter
+from nnunet_peft.adapter_io import (BaseFingerprintWarning, BaseMismatchError, adapter_state_dict, base_fingerprint,
+                                    load_adapter, save_adapter)
 from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters, merge_adapters
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
 
 __all__ = [
-    "METHODS", "PLACEMENTS", "PeftConfig", "adapter_layers", "adapter_state_dict", "configure_finetuning",
+    "METHODS", "PLACEMENTS", "BaseFingerprintWarning", "BaseMismatchError", "PeftConfig", "adapter_layers",
+    "adapter_state_dict", "base_fingerprint", "configure_finetuning",
     "count_parameters", "inject_adapters", "load_adapter", "merge_adapters", "save_adapter",
     "trainable_parameter_table",
 ]

@@ -2,14 +2,19 @@
 
 The state is every trainable tensor (adapters and segmentation heads) plus the frozen buffers the
 adapters were built with (SVD / t-SVD / CUR parts). It is small, and together with the pretrained
-checkpoint it reproduces the adapted network exactly.
+checkpoint it reproduces the adapted network exactly, but only that checkpoint: the config records
+a fingerprint of the base (``base_fingerprint``) and ``load_adapter`` refuses a network whose base
+has another one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,9 +22,21 @@ from torch import nn
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.config import PeftConfig
 from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, get_config, inject_adapters
+from nnunet_peft.summary import count_parameters
+from nnunet_peft.training.pretrained import HEAD_KEY
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
+FINGERPRINT_KEY = "base_fingerprint"
+_BASE_LAYER = ".base_layer."
+
+
+class BaseMismatchError(ValueError):
+    """An adapter was asked to load onto a base other than the one it was trained on."""
+
+
+class BaseFingerprintWarning(UserWarning):
+    """An adapter was loaded onto a base that could not be checked, or that differs (when allowed)."""
 
 
 def adapter_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
@@ -37,18 +54,128 @@ def adapter_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+# ------------------------------------------------------------------------------------ fingerprint
+def base_state(source: nn.Module | Mapping[str, torch.Tensor], carried: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors the base fingerprint covers, keyed by their names in the stock (un-adapted) network.
+
+    The base of an adapter is everything the adapted network computes with that the adapter file
+    does not carry, i.e. what has to come from the pretrained checkpoint:
+
+    * included: every entry of the network's state dict (parameters and persistent buffers:
+      convolution kernels and biases, normalisation affines), with the frozen kernel of each
+      adapter (``<conv>.base_layer.weight``) under its stock name ``<conv>.weight``. Names that
+      address one tensor twice in nnU-Net's U-Nets (``.conv`` / ``.all_modules.0``, and the
+      encoder again as ``decoder.encoder.*``) each appear, exactly as in a stock checkpoint, so a
+      checkpoint's ``network_weights`` and the network built from it cover the same names;
+    * excluded: every tensor the adapter file carries, which ``load_adapter`` overwrites: the
+      adapters' parameters and the frozen buffers they were built with (SVD / t-SVD / CUR parts,
+      ``peft_groups.*``), and the segmentation heads (``.seg_layers.``), which every adapter method
+      trains and saves. The base's own heads, kept or re-initialised at the start of training,
+      never reach the adapted model, so a base with other heads (another label set) has the same
+      fingerprint.
+
+    ``source`` is a network (adapted or stock) or a stock state dict (a checkpoint's
+    ``network_weights``). ``carried`` names the tensors the adapter file holds; by default the
+    adapter state of an adapted network (``adapter_state_dict``), or the segmentation heads for a
+    stock network / state dict, which is the same set for every adapter method.
+    """
+    if isinstance(source, nn.Module):
+        entries = source.state_dict(keep_vars=True)
+        if carried is None:
+            carried = adapter_state_dict(source) if get_config(source) is not None else [k for k in entries if HEAD_KEY in k]
+        carried_ids = {id(entries[k]) for k in carried if k in entries}
+        # a merged adapter layer holds W0 + dW in its kernel and keeps W0 aside
+        unmerged = {id(layer.base_layer.weight): layer._unmerged_weight
+                    for layer in adapter_layers(source) if layer.merged}
+        state = {}
+        for key, value in entries.items():
+            if id(value) not in carried_ids:
+                state[key.replace(_BASE_LAYER, ".")] = unmerged.get(id(value), value).detach()
+        return state
+    if any(_BASE_LAYER in k for k in source):
+        raise ValueError("these weights hold adapters; fingerprint the network built from them "
+                         "(nnunet_peft.model_folder.build_network + load_state_dict) instead")
+    carried = {k for k in source if HEAD_KEY in k} if carried is None else set(carried)
+    return {k: v.detach() for k, v in source.items() if k not in carried and isinstance(v, torch.Tensor)}
+
+
+def base_fingerprint(source: nn.Module | Mapping[str, torch.Tensor], carried: Iterable[str] | None = None) -> str:
+    """``"sha256:<hex>"``: a digest of ``base_state(source, carried)`` that is the same on every device.
+
+    Names are taken in sorted order. Each tensor is converted to one fixed representation before
+    hashing: floating point to float32, integers and booleans to int64, complex to complex64, on
+    the CPU, contiguous, little-endian bytes. The digest covers name, kind, shape and bytes. So a
+    float32 base gives one fingerprint on CPU and GPU, before and after save/load, and after a
+    round trip through float64; changing any single value of the base changes it. (A float64 or
+    float16 copy of the base is hashed at float32 precision.)
+    """
+    digest = hashlib.sha256()
+    cache: dict[tuple, bytes] = {}
+    for key, tensor in sorted(base_state(source, carried).items()):
+        kind, values = _canonical(key, tensor)
+        # equal storage, offset, shape and strides hold equal values: hash aliases once
+        where = (tensor.device, tensor.dtype, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                 tuple(tensor.shape), tuple(tensor.stride()))
+        if where not in cache:
+            cache[where] = hashlib.sha256(np.ascontiguousarray(values.numpy()).astype(kind, copy=False).tobytes()).digest()
+        digest.update(f"{key}\0{kind}\0{tuple(tensor.shape)}\0".encode("utf-8"))
+        digest.update(cache[where])
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _canonical(key: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+    if tensor.is_meta:
+        raise ValueError(f"{key} is on the meta device (it holds no values); load the base weights first")
+    tensor = tensor.detach()
+    if tensor.is_complex():
+        return "<c8", tensor.to("cpu", torch.complex64)
+    if tensor.is_floating_point():
+        return "<f4", tensor.to("cpu", torch.float32)
+    return "<i8", tensor.to("cpu", torch.int64)
+
+
+def nnunet_metadata(trainer_name: str, plans: Mapping[str, Any], dataset_json: Mapping[str, Any],
+                    configuration: str, fold: int | str | None = None) -> dict[str, Any]:
+    """What an adapter was trained with, for ``save_adapter``'s metadata: trainer, plans, labels, channels."""
+    meta = {
+        "trainer_name": trainer_name,
+        "plans_identifier": plans.get("plans_name"),
+        "configuration": configuration,
+        "dataset_name": plans.get("dataset_name"),
+        "labels": dataset_json.get("labels"),
+        "channels": dataset_json.get("channel_names", dataset_json.get("modality")),
+    }
+    if fold is not None:
+        meta["fold"] = fold
+    return meta
+
+
+# ----------------------------------------------------------------------------------- save / load
 def save_adapter(network: nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``.
 
-    ``metadata`` (JSON-serialisable: trainer name, plans, ...) is stored beside the config. The folder
-    is written under a temporary name and moved into place, replacing an older one only at the end.
+    The config holds the ``PeftConfig``, the base fingerprint (``base_fingerprint``, see
+    ``base_state``), the network class, the trainable and total parameter counts, and
+    ``metadata`` (JSON-serialisable: trainer name, plans, labels, ...; see ``nnunet_metadata``).
+    The folder is written under a temporary name and moved into place, replacing an older one
+    only at the end.
     """
     config = get_config(network)
     if config is None:
         raise ValueError("the network holds no adapters (inject_adapters first)")
+    state = adapter_state_dict(network)
+    trainable, total = count_parameters(network)
+    record = {
+        "peft_config": config.to_dict(),
+        **(metadata or {}),
+        FINGERPRINT_KEY: base_fingerprint(network, carried=state),
+        "network_class": type(network).__name__,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
     with staged_folder(directory, overwrite=True) as tmp:
-        save_file(adapter_state_dict(network), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps({"peft_config": config.to_dict(), **(metadata or {})}, indent=2), encoding="utf-8")
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return directory
 
 
@@ -59,18 +186,30 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_adapter(network: nn.Module, directory: str | Path) -> nn.Module:
-    """Inject the saved adapters into ``network`` (which must hold the pretrained base) and load them."""
+def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base: bool = False,
+                 base_name: str | None = None) -> nn.Module:
+    """Inject the saved adapters into ``network`` (which must hold the pretrained base) and load them.
+
+    The base fingerprint of ``network`` must equal the one recorded when the adapter was saved;
+    otherwise a ``BaseMismatchError`` (a ValueError) names both fingerprints. With
+    ``allow_other_base=True`` it loads anyway and warns (``BaseFingerprintWarning``). An adapter
+    saved before fingerprints were recorded loads with a warning that its base cannot be checked.
+    ``base_name`` (e.g. the checkpoint path) names the base in those messages.
+    """
     directory = Path(directory)
-    config = PeftConfig.from_dict(read_adapter_config(directory)["peft_config"])
-    if get_config(network) is None:
-        inject_adapters(network, config, init_weights=False)
-    elif get_config(network) != config:
+    record = read_adapter_config(directory)
+    config = PeftConfig.from_dict(record["peft_config"])
+    if get_config(network) is not None and get_config(network) != config:
         raise ValueError(f"the network holds adapters {get_config(network)} but {directory} holds {config}")
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the adapter folder is incomplete")
     tensors = load_file(str(weights))
+    # before injecting anything, so that a refused base leaves the network as it was
+    check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
+               base_name=base_name)
+    if get_config(network) is None:
+        inject_adapters(network, config, init_weights=False)
     expected = adapter_state_dict(network)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(network.state_dict()))
@@ -82,3 +221,33 @@ def load_adapter(network: nn.Module, directory: str | Path) -> nn.Module:
         )
     network.load_state_dict(tensors, strict=False)
     return network
+
+
+def check_base(network: nn.Module, directory: Path, record: Mapping[str, Any], carried: Iterable[str],
+               allow_other_base: bool = False, base_name: str | None = None) -> str | None:
+    """Compare the base of ``network`` with the fingerprint ``record`` holds; raise, warn, or pass.
+
+    ``carried``: the names of the tensors in the adapter file (excluded from the fingerprint, see
+    ``base_state``); ``network`` may be stock or already hold these adapters. Returns the network's
+    base fingerprint (None when nothing was recorded to compare with).
+    """
+    base = f"the base {base_name}" if base_name else "the base weights in this network"
+    recorded = record.get(FINGERPRINT_KEY)
+    if recorded is None:
+        warnings.warn(f"{directory / CONFIG_NAME} records no base fingerprint (saved by an older nnunet-peft), so "
+                      f"whether {base} is the one it was trained on cannot be checked; loading it anyway.",
+                      BaseFingerprintWarning, stacklevel=3)
+        return None
+    actual = base_fingerprint(network, carried=carried)
+    if recorded != actual:
+        text = (f"the adapter {directory} was trained on a base with fingerprint {recorded}, but {base} has "
+                f"fingerprint {actual}")
+        if not allow_other_base:
+            raise BaseMismatchError(
+                f"{text}. An adapter reproduces its model only on the exact weights it was trained from (another "
+                "epoch, fold or pretraining predicts something else). Use the checkpoint it was trained from, or "
+                "accept this one explicitly: --allow-other-base (Python: allow_other_base=True).")
+        warnings.warn(f"{text}; loading it anyway because another base was allowed (--allow-other-base / "
+                      "allow_other_base=True). Its predictions are not those of the model it was exported from.",
+                      BaseFingerprintWarning, stacklevel=3)
+    return actual

@@ -84,3 +84,20 @@ def copy_folder_files(source: Path, target: Path) -> None:
     for name in FOLDER_FILES:
         if (Path(source) / name).is_file():
             shutil.copyfile(Path(source) / name, Path(target) / name)
+
+
+def validation_dice(fold_dir: Path) -> dict | None:
+    """nnU-Net's validation Dice of one fold (``fold_K/validation/summary.json``), or None without one.
+
+    ``{"foreground_mean": float, "per_label": {label: float}, "cases": int}``; ``foreground_mean``
+    is nnU-Net's own (the mean over the foreground labels / regions of the per-label mean Dice).
+    """
+    path = Path(fold_dir) / "validation" / "summary.json"
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    mean = summary.get("foreground_mean", {}).get("Dice")
+    if mean is None:
+        return None
+    per_label = {str(k): v.get("Dice") for k, v in summary.get("mean", {}).items() if isinstance(v, dict)}
+    return {"foreground_mean": mean, "per_label": per_label, "cases": len(summary.get("metric_per_case", []))}

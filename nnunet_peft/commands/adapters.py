@@ -2,22 +2,29 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from nnunet_peft.adapter_io import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
+from nnunet_peft.adapter_io import (CONFIG_NAME, WEIGHTS_NAME, BaseFingerprintWarning, load_adapter, nnunet_metadata,
+                                    read_adapter_config, save_adapter)
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.injection import get_config, merge_adapters
 from nnunet_peft.model_folder import (CHECKPOINT, build_network, checkpoint_dict, copy_folder_files, fold_dirs,
-                                      load_fold, read_json)
+                                      load_fold, read_json, validation_dice)
 from nnunet_peft.training.pretrained import HEAD_KEY, check_pretrained_compatible, load_weights
 
 STOCK_TRAINER = "nnUNetTrainer"
 
 
 def export_adapter(model_folder: Path, out: Path, overwrite: bool = False) -> list[Path]:
-    """Write every fold's adapter state with the trainer name, configuration, plans and dataset.json."""
+    """Write every fold's adapter state with the trainer name, configuration, plans and dataset.json.
+
+    Each fold's ``adapter_config.json`` also records the base fingerprint (computed from the fold's
+    frozen base), plans identifier, labels, channels and the fold's validation Dice where present.
+    """
     model_folder = Path(model_folder)
     written = []
     with staged_folder(out, overwrite) as tmp:
@@ -28,18 +35,23 @@ def export_adapter(model_folder: Path, out: Path, overwrite: bool = False) -> li
                 raise ValueError(
                     f"{fold_dir / CHECKPOINT} was trained by {ckpt['trainer_name']}, which trains no adapters; "
                     "its whole checkpoint is the model to share")
-            save_adapter(network, tmp / fold_dir.name, {
-                "trainer_name": ckpt["trainer_name"],
-                "configuration": ckpt["init_args"]["configuration"],
-                "fold": ckpt["init_args"].get("fold"),
-                "inference_allowed_mirroring_axes": _jsonable(ckpt.get("inference_allowed_mirroring_axes")),
-            })
+            args = ckpt["init_args"]
+            meta = nnunet_metadata(ckpt["trainer_name"], read_json(model_folder / "plans.json"),
+                                   read_json(model_folder / "dataset.json"), args["configuration"], args.get("fold"))
+            meta["inference_allowed_mirroring_axes"] = _jsonable(ckpt.get("inference_allowed_mirroring_axes"))
+            meta["validation_dice"] = validation_dice(fold_dir)
+            save_adapter(network, tmp / fold_dir.name, meta)
             written.append(Path(out) / fold_dir.name / WEIGHTS_NAME)
     return written
 
 
-def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = False) -> Path:
-    """Rebuild a model folder from an exported adapter and the pretrained checkpoint it was trained from."""
+def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = False,
+                  allow_other_base: bool = False) -> Path:
+    """Rebuild a model folder from an exported adapter and the pretrained checkpoint it was trained from.
+
+    A checkpoint whose base fingerprint differs from the one each fold recorded is refused
+    (``BaseMismatchError``, nothing written) unless ``allow_other_base``, which warns instead.
+    """
     adapter = Path(adapter)
     plans, dataset_json = read_json(adapter / "plans.json"), read_json(adapter / "dataset.json")
     folds = sorted(d for d in adapter.glob("fold_*") if (d / CONFIG_NAME).is_file())
@@ -53,7 +65,7 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
             network = build_network(STOCK_TRAINER, plans, dataset_json, meta["configuration"])
             check_pretrained_compatible(network, pretrained, plans.get("dataset_name", "TARGET"))
             network.load_state_dict({k: v for k, v in base.items() if HEAD_KEY not in k}, strict=False)
-            load_adapter(network, fold_dir)
+            load_adapter(network, fold_dir, allow_other_base=allow_other_base, base_name=str(pretrained))
             (tmp / fold_dir.name).mkdir()
             torch.save(checkpoint_dict(network.state_dict(), meta["trainer_name"], plans, dataset_json,
                                        meta["configuration"], meta.get("fold", fold_dir.name[5:]),
@@ -98,7 +110,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    out = apply_adapter(Path(args.a), Path(args.c), Path(args.o), args.overwrite)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BaseFingerprintWarning)
+        out = apply_adapter(Path(args.a), Path(args.c), Path(args.o), args.overwrite, args.allow_other_base)
+    for w in caught:
+        if issubclass(w.category, BaseFingerprintWarning):
+            print(f"nnunet-peft apply-adapter: WARNING: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {out}; predict with: export nnUNet_extTrainer=$(nnunet-peft trainer-dir); "
           f"nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {out}")
     return 0
@@ -124,11 +143,16 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "apply-adapter", help="rebuild a model folder from an exported adapter and its pretrained checkpoint",
         description="Turn an export-adapter folder plus the pretrained checkpoint back into a model folder that "
-        "predicts exactly as the original (needs nnUNet_extTrainer=$(nnunet-peft trainer-dir) to predict).")
+        "predicts exactly as the original (needs nnUNet_extTrainer=$(nnunet-peft trainer-dir) to predict). "
+        "The checkpoint must be the base the adapter was trained on: its fingerprint is compared with the one "
+        "the adapter recorded (nnunet-peft info shows both).")
     p.add_argument("-a", required=True, metavar="ADAPTER")
     p.add_argument("-c", required=True, metavar="PRETRAINED_CHECKPOINT")
     p.add_argument("-o", required=True, metavar="MODEL_FOLDER")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-other-base", action="store_true",
+                   help="apply the adapter even if the checkpoint is not the base it was trained on (warns; the "
+                   "predictions are then not the exported model's)")
     p.set_defaults(func=_apply)
 
     p = subparsers.add_parser(

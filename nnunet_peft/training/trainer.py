@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, save_adapter
+from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
 from nnunet_peft.injection import configure_finetuning, inject_adapters
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
 from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
@@ -156,7 +156,9 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         folder = Path(self.output_folder)
         trainable, total = count_parameters(network)
         if self.spec.peft_method is not None:
-            save_adapter(network, folder / ADAPTER_DIR, {"trainer_name": self.__class__.__name__})
+            # the base fingerprint is computed by save_adapter; the rest says what the adapter was trained with
+            save_adapter(network, folder / ADAPTER_DIR, nnunet_metadata(
+                self.__class__.__name__, self.plans_manager.plans, self.dataset_json, self.configuration_name, self.fold))
             adapter_bytes = (folder / ADAPTER_DIR / WEIGHTS_NAME).stat().st_size
         else:  # the baselines' "adapter" is the set of tensors they train
             adapter_bytes = sum(t.numel() * t.element_size() for t in adapter_state_dict(network).values())
