@@ -14,6 +14,7 @@ from typing import Sequence
 COMMAND_MODULES = (
     "nnunet_peft.commands.trainer_dir",
     "nnunet_peft.commands.adapters",
+    "nnunet_peft.commands.info",
     "nnunet_peft.dataset_conversion.command",
     "nnunet_peft.plans_from_checkpoint",
     "nnunet_peft.demo.command",
