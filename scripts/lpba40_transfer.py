@@ -320,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subjects", nargs="+", metavar="SNN", help="test subjects (default: all others)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-margin", type=float, default=8.0, help="mm around each hippocampus")
-    p.add_argument("--epochs", type=int, default=20, help="target epochs")
+    p.add_argument("--epochs", type=int, default=15, help="target epochs")
     p.add_argument("--iterations", type=int, default=20, help="target iterations per epoch")
     p.add_argument("--adapter-lr", metavar="LR", help="the sweep's chosen adapter rate (e.g. 0p03): runs the rank sweep")
     p.add_argument("--best", nargs="+", metavar="METHOD",

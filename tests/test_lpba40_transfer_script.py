@@ -1,0 +1,59 @@
+"""The LPBA40 transfer script's own logic: subject split and learning-curve folds (no training)."""
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lpba40_transfer.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("lpba40_transfer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_lpba40(root: Path, n: int) -> Path:
+    for sub, suffix in (("images", "skullstripped"), ("labels", "structure.label")):
+        (root / sub).mkdir(parents=True)
+        for i in range(2, 2 + n):
+            (root / sub / f"S{i:02d}.delineation.{suffix}.nii.gz").write_bytes(b"")
+    return root
+
+
+def test_subject_split_is_seeded_and_disjoint(script, tmp_path):
+    root = _fake_lpba40(tmp_path / "lpba40", 30)
+    args = argparse.Namespace(lpba40=root, train_subjects=None, test_subjects=None, seed=0)
+    train, test = script.split_subjects(args)
+    assert len(train) == script.N_TRAIN_SUBJECTS and len(test) == 20 and not set(train) & set(test)
+    assert (train, test) == script.split_subjects(args)
+    assert script.split_subjects(argparse.Namespace(**{**vars(args), "seed": 1}))[0] != train
+    chosen = argparse.Namespace(**{**vars(args), "train_subjects": ["S05", "S03"], "test_subjects": ["S07"]})
+    assert script.split_subjects(chosen) == (["S03", "S05"], ["S07"])
+    with pytest.raises(SystemExit, match="S99"):
+        script.split_subjects(argparse.Namespace(**{**vars(args), "train_subjects": ["S99"]}))
+
+
+def test_curve_folds_are_nested_subsets_of_fold_0_with_its_validation(script, tmp_path):
+    subjects = [f"S{i:02d}" for i in range(2, 12)]
+    cases = [f"{s}{side}" for s in subjects for side in "LR"]
+    splits = [{"train": [c for c in cases if c[:3] not in subjects[2 * k:2 * k + 2]],
+               "val": [c for c in cases if c[:3] in subjects[2 * k:2 * k + 2]]} for k in range(5)]
+    path = tmp_path / "splits_final.json"
+    path.write_text(json.dumps(splits))
+    script.add_curve_folds(path, seed=0)
+    out = json.loads(path.read_text())
+    assert out[:5] == splits and len(out) == 5 + len(script.CURVE_SIZES)
+    previous: set[str] = set()
+    for size, fold in zip(script.CURVE_SIZES, out[5:]):
+        train = set(fold["train"])
+        assert fold["val"] == splits[0]["val"] and train <= set(splits[0]["train"])
+        assert len({c[:-1] for c in train}) == size and all(c[:-1] + s in train for c in train for s in "LR")
+        assert previous <= train
+        previous = train
+    script.add_curve_folds(path, seed=0)  # a resumed run leaves the folds as they are
+    assert json.loads(path.read_text()) == out
