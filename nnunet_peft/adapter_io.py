@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -89,7 +88,7 @@ def base_state(source: nn.Module | Mapping[str, torch.Tensor], carried: Iterable
                     for layer in adapter_layers(source) if layer.merged}
         state = {}
         for key, value in entries.items():
-            if id(value) not in carried_ids:
+            if isinstance(value, torch.Tensor) and id(value) not in carried_ids:
                 state[key.replace(_BASE_LAYER, ".")] = unmerged.get(id(value), value).detach()
         return state
     if any(_BASE_LAYER in k for k in source):
@@ -102,36 +101,38 @@ def base_state(source: nn.Module | Mapping[str, torch.Tensor], carried: Iterable
 def base_fingerprint(source: nn.Module | Mapping[str, torch.Tensor], carried: Iterable[str] | None = None) -> str:
     """``"sha256:<hex>"``: a digest of ``base_state(source, carried)`` that is the same on every device.
 
-    Names are taken in sorted order. Each tensor is converted to one fixed representation before
-    hashing: floating point to float32, integers and booleans to int64, complex to complex64, on
-    the CPU, contiguous, little-endian bytes. The digest covers name, kind, shape and bytes. So a
-    float32 base gives one fingerprint on CPU and GPU, before and after save/load, and after a
-    round trip through float64; changing any single value of the base changes it. (A float64 or
-    float16 copy of the base is hashed at float32 precision.)
+    Each tensor is first brought to one fixed representation: floating point as float32, integers
+    and booleans as int64, complex as complex64; on the CPU, C-contiguous, little-endian bytes
+    (numpy ``<f4`` / ``<i8`` / ``<c8``). The digest is the SHA-256 of, for each name in sorted
+    order, ``name NUL kind NUL str(tuple(shape)) NUL`` (UTF-8) followed by the 32-byte SHA-256 of
+    the tensor's bytes. So a float32 base gives one fingerprint on CPU and GPU, before and after
+    save/load, and after a round trip through float64; changing any single value of the base
+    changes it. (A float64 or float16 copy of the base is hashed at float32 precision.)
     """
     digest = hashlib.sha256()
     cache: dict[tuple, bytes] = {}
     for key, tensor in sorted(base_state(source, carried).items()):
-        kind, values = _canonical(key, tensor)
-        # equal storage, offset, shape and strides hold equal values: hash aliases once
+        if tensor.is_meta:
+            raise ValueError(f"{key} is on the meta device (it holds no values); load the base weights first")
+        kind = _kind(tensor)
+        # the same storage, offset, shape and strides hold the same values: hash aliases once
         where = (tensor.device, tensor.dtype, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
                  tuple(tensor.shape), tuple(tensor.stride()))
         if where not in cache:
-            cache[where] = hashlib.sha256(np.ascontiguousarray(values.numpy()).astype(kind, copy=False).tobytes()).digest()
+            values = tensor.detach().to("cpu", _KINDS[kind]).contiguous().numpy()
+            cache[where] = hashlib.sha256(values.astype(kind, copy=False).tobytes()).digest()
         digest.update(f"{key}\0{kind}\0{tuple(tensor.shape)}\0".encode("utf-8"))
         digest.update(cache[where])
     return f"sha256:{digest.hexdigest()}"
 
 
-def _canonical(key: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
-    if tensor.is_meta:
-        raise ValueError(f"{key} is on the meta device (it holds no values); load the base weights first")
-    tensor = tensor.detach()
+_KINDS = {"<c8": torch.complex64, "<f4": torch.float32, "<i8": torch.int64}
+
+
+def _kind(tensor: torch.Tensor) -> str:
     if tensor.is_complex():
-        return "<c8", tensor.to("cpu", torch.complex64)
-    if tensor.is_floating_point():
-        return "<f4", tensor.to("cpu", torch.float32)
-    return "<i8", tensor.to("cpu", torch.int64)
+        return "<c8"
+    return "<f4" if tensor.is_floating_point() else "<i8"
 
 
 def nnunet_metadata(trainer_name: str, plans: Mapping[str, Any], dataset_json: Mapping[str, Any],

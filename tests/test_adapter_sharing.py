@@ -138,6 +138,20 @@ def test_fingerprint_is_the_same_for_a_checkpoint_a_stock_network_and_every_adap
         assert base_fingerprint(net) == expected, method
 
 
+def test_fingerprint_follows_its_documented_format():
+    """SHA-256 over sorted names of ``name NUL kind NUL shape NUL`` + SHA-256 of float32 / int64
+    little-endian bytes; heads left out. Written out here so that other tools can reproduce it."""
+    import hashlib
+
+    state = {"b.weight": torch.tensor([[1.5, -2.0]], dtype=torch.float64), "a.count": torch.tensor([3]),
+             "decoder.seg_layers.0.weight": torch.ones(2)}
+    digest = hashlib.sha256()
+    for key, kind, data in [("a.count", "<i8", np.array([3], "<i8")), ("b.weight", "<f4", np.array([[1.5, -2.0]], "<f4"))]:
+        digest.update(f"{key}\0{kind}\0{tuple(data.shape)}\0".encode())
+        digest.update(hashlib.sha256(data.tobytes()).digest())
+    assert base_fingerprint(state) == "sha256:" + digest.hexdigest()
+
+
 def test_fingerprint_is_stable_across_dtype_and_device_round_trips():
     net = pretrained_network(SPEC)
     expected = base_fingerprint(net)
