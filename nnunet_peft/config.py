@@ -60,6 +60,9 @@ class PeftConfig:
             the pretrained kernel, computed with tensorly). The output factor starts at zero
             either way, so the network is unchanged at initialisation.
         dora_eps: floor of the DoRA column norm, so that an all-zero output channel stays finite.
+        train_input_conv: the network's first convolution takes no adapter and trains fully
+            (set when its input channels were rebuilt for another dataset: new channels need a
+            full-rank update). Changes the structure, so it is part of the saved config.
     """
 
     method: str
@@ -70,6 +73,7 @@ class PeftConfig:
     serial_width: int | None = None
     cp_init: str = "random"
     dora_eps: float = 1e-6
+    train_input_conv: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -101,6 +105,8 @@ class PeftConfig:
             raise ValueError(f"cp_init must be one of {CP_INITS}, got {self.cp_init!r}")
         if not self.dora_eps > 0:
             raise ValueError(f"dora_eps must be > 0, got {self.dora_eps!r}")
+        if not isinstance(self.train_input_conv, bool):
+            raise ValueError(f"train_input_conv must be a bool, got {self.train_input_conv!r}")
 
     @property
     def scaling(self) -> float:

@@ -11,7 +11,7 @@ from nnunet_peft.layers.base import ConvAdapter, check_adaptable
 from nnunet_peft.layers.hyps import HyPSAdapter
 from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
 from nnunet_peft.layers.tensor import TENSOR_GROUPS, TensorGroupAdapter
-from nnunet_peft.placement import network_stages, replace_module, target_convolutions
+from nnunet_peft.placement import input_convolution, network_stages, replace_module, target_convolutions
 
 LAYER_CLASSES: dict[str, type[ConvAdapter]] = {
     "lora_c": LoRACAdapter,
@@ -49,6 +49,9 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     if get_config(network) is not None or adapter_layers(network):
         raise ValueError("the network already holds adapters; build a fresh network (or merge_adapters first)")
     targets = target_convolutions(network, config.placement)
+    if config.train_input_conv:
+        first = input_convolution(network)
+        targets = [(where, conv) for where, conv in targets if conv is not first]
     if not targets:
         raise ValueError(f"placement {config.placement} selects no convolution in {type(network).__name__}")
     for where, conv in targets:  # validate everything before changing anything
@@ -63,7 +66,7 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
         # the factors are allocated in float32; they must follow the kernel (a float64 or half network)
         replace_module(network, conv, wrapper.to(device=conv.weight.device, dtype=conv.weight.dtype))
 
-    set_trainable(network, adapters=True, heads=True)
+    set_trainable(network, adapters=True, heads=True, input_conv=config.train_input_conv)
     object.__setattr__(network, CONFIG_ATTR, config)  # plain attribute: not a module, not in the state dict
     return network
 
@@ -94,8 +97,8 @@ def _tensor_wrappers(network, targets, config, init_weights) -> list[ConvAdapter
 
 
 def set_trainable(network: nn.Module, *, adapters: bool = False, heads: bool = False,
-                  placement: tuple[str, ...] = (), everything: bool = False) -> None:
-    """Freeze ``network``, then unfreeze the adapters, the heads and/or whole placed stages."""
+                  placement: tuple[str, ...] = (), everything: bool = False, input_conv: bool = False) -> None:
+    """Freeze ``network``, then unfreeze the adapters, the heads, the first convolution and/or whole placed stages."""
     network.requires_grad_(everything)
     if everything:
         return
@@ -112,17 +115,23 @@ def set_trainable(network: nn.Module, *, adapters: bool = False, heads: bool = F
     if adapters:  # unfreezing a placed stage must not unfreeze the frozen kernels inside its adapters
         for layer in adapter_layers(network):
             layer.base_layer.requires_grad_(False)
+    if input_conv:
+        input_convolution(network).requires_grad_(True)
 
 
-def configure_finetuning(network: nn.Module, mode: str, placement: tuple[str, ...] = PLACEMENTS) -> nn.Module:
-    """The standard baselines: ``"finetune"`` (placed stages + heads, or all), ``"seg_head"``, ``"none"``."""
+def configure_finetuning(network: nn.Module, mode: str, placement: tuple[str, ...] = PLACEMENTS,
+                         input_conv: bool = False) -> nn.Module:
+    """The standard baselines: ``"finetune"`` (placed stages + heads, or all), ``"seg_head"``, ``"none"``.
+
+    ``input_conv``: the first convolution trains too (its input channels were rebuilt); not for ``"none"``.
+    """
     if mode == "finetune":
         if tuple(sorted(placement)) == tuple(sorted(PLACEMENTS)):
             set_trainable(network, everything=True)
         else:
-            set_trainable(network, heads=True, placement=placement)
+            set_trainable(network, heads=True, placement=placement, input_conv=input_conv)
     elif mode == "seg_head":
-        set_trainable(network, heads=True)
+        set_trainable(network, heads=True, input_conv=input_conv)
     elif mode == "none":
         set_trainable(network)
     else:

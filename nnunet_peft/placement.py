@@ -79,6 +79,15 @@ def target_convolutions(network: nn.Module, placement: tuple[str, ...]) -> list[
     ]
 
 
+def input_convolution(network: nn.Module) -> nn.Module:
+    """The first convolution in forward order (the residual stem's, or stage 0's first): the only one
+    that sees the network's input channels."""
+    convs = unique_modules(network_stages(network)[0].modules, _CONVS)
+    if not convs:
+        raise ValueError(f"{type(network).__name__}: no convolution in its first stage")
+    return convs[0][1]
+
+
 def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> int:
     """Replace every registration of ``old`` under ``root`` by ``new``; returns how many.
 
