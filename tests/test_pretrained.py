@@ -1,12 +1,11 @@
-"""The -pretrained_weights rules: compatibility errors that say what to do, and heads kept only when they fit."""
+"""The -pretrained_weights rules: compatibility errors that say what to do (heads: test_transfer.py)."""
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_peft import PeftConfig, inject_adapters
-from nnunet_peft.training.pretrained import (check_pretrained_compatible, load_matching_heads,
-                                             pretrained_weights_argument)
+from nnunet_peft.training.pretrained import check_pretrained_compatible, pretrained_weights_argument
 
 
 def unet(features=(4, 8, 16), classes=2, seed=0):
@@ -54,20 +53,3 @@ def test_not_a_checkpoint(tmp_path):
         check_pretrained_compatible(unet(), tmp_path / "x.pth")
     with pytest.raises(FileNotFoundError, match="no such file"):
         check_pretrained_compatible(unet(), tmp_path / "missing.pth")
-
-
-def test_heads_kept_when_they_fit(tmp_path):
-    source, target = unet(seed=1), unet(seed=2)
-    message = load_matching_heads(target, save(source, tmp_path / "src.pth"))
-    assert "kept" in message
-    for a, b in zip(target.decoder.seg_layers.parameters(), source.decoder.seg_layers.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_heads_reinitialised_when_the_label_set_differs(tmp_path):
-    target = unet(classes=3, seed=2)
-    before = [p.clone() for p in target.decoder.seg_layers.parameters()]
-    message = load_matching_heads(target, save(unet(seed=1), tmp_path / "src.pth"))
-    assert "re-initialised" in message and "(2, 4, 1, 1, 1)" in message and "(3, 4, 1, 1, 1)" in message
-    for a, b in zip(target.decoder.seg_layers.parameters(), before):
-        assert torch.equal(a, b)

@@ -49,10 +49,18 @@ GRAMMAR = f"""\
                              {DEFAULT_LEARNING_RATES["adapter"]:g} for adapters, {DEFAULT_LEARNING_RATES["finetune"]:g} for Finetune and SegHead)
             scratch          Finetune only: train from random initialisation, refusing
                              -pretrained_weights (the from-scratch baseline, same schedule)
+            chzero | chrepeat | chcopy<int>
+                             the target has other input channels than the checkpoint: how the first
+                             convolution is rebuilt (chzero: new channels start at zero; chrepeat:
+                             summed kernel / channel count for every channel; chcopy<i>: new
+                             channels copy checkpoint channel i). That layer then trains fully
+                             under every method instead of taking an adapter
     e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep"""
 
 _PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
 _LEARNING_RATE = re.compile(r"lr(\d+)p(\d+)")
+_CHANNEL_COPY = re.compile(r"chcopy(\d+)")
+_CHANNEL_TOKENS = {"chzero": "zero", "chrepeat": "repeat"}
 _NUMBERED = [("rank", re.compile(r"r(\d+)")), ("alpha", re.compile(r"a(\d+)")),
              ("epochs", re.compile(r"(\d+)ep")), ("iterations", re.compile(r"(\d+)it"))]
 
@@ -74,6 +82,14 @@ class TrainerSpec:
     iterations: int = DEFAULT_ITERATIONS
     scratch: bool = False
     learning_rate: float | None = None  # None: the family's default
+    input_channels: str | None = None  # "zero", "repeat" or "copy": how the first convolution is adapted
+    copy_channel: int | None = None  # the checkpoint channel "copy" takes
+
+    @property
+    def input_channel_token(self) -> str | None:
+        if self.input_channels is None:
+            return None
+        return f"chcopy{self.copy_channel}" if self.input_channels == "copy" else f"ch{self.input_channels}"
 
     @property
     def initial_lr(self) -> float:
@@ -95,7 +111,8 @@ class TrainerSpec:
     def peft_config(self) -> PeftConfig:
         if self.peft_method is None:
             raise ValueError(f"{self.name} trains no adapters")
-        return PeftConfig(self.peft_method, rank=self.rank, alpha=self.alpha, placement=self.placement)
+        return PeftConfig(self.peft_method, rank=self.rank, alpha=self.alpha, placement=self.placement,
+                          train_input_conv=self.input_channels is not None)
 
 
 def is_plugin_name(name: str) -> bool:
@@ -121,7 +138,16 @@ def parse_trainer_name(name: str) -> TrainerSpec:
     values: dict[str, int] = {}
     scratch = False
     learning_rate: float | None = None
+    input_channels: str | None = None
+    copy_channel: int | None = None
     for token in tokens:
+        copy = _CHANNEL_COPY.fullmatch(token)
+        if token in _CHANNEL_TOKENS or copy:
+            if input_channels is not None:
+                raise fail("the input-channel mode (chzero / chrepeat / chcopy<int>) is given twice")
+            input_channels = "copy" if copy else _CHANNEL_TOKENS[token]
+            copy_channel = int(copy.group(1)) if copy else None
+            continue
         if token == "scratch":
             if method != "Finetune" or scratch:
                 raise fail("'scratch' is a Finetune token and appears at most once")
@@ -154,6 +180,8 @@ def parse_trainer_name(name: str) -> TrainerSpec:
 
     if method not in ADAPTER_METHODS and ({"rank", "alpha"} & set(values)):
         raise fail(f"{method} trains no adapters, so it takes no r<int>/a<int> tokens")
+    if scratch and input_channels is not None:
+        raise fail("'scratch' loads no checkpoint, so it takes no chzero/chrepeat/chcopy<int> token")
     if method in ("SegHead", "NoFinetune") and placement:
         raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
     if method == "NoFinetune" and ({"epochs", "iterations"} & set(values) or learning_rate is not None):
@@ -165,6 +193,7 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
         epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
         iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch, learning_rate=learning_rate,
+        input_channels=input_channels, copy_channel=copy_channel,
     )
     if spec.peft_method is not None:
         spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules

@@ -1,8 +1,9 @@
-"""Rules for ``-pretrained_weights``: compatibility, and keeping the segmentation heads when they fit.
+"""Rules for ``-pretrained_weights``: reading the checkpoint and checking that it fits.
 
 nnU-Net loads the pretrained weights itself (``load_pretrained_weights``) but never the
 segmentation heads, and it does not tell the trainer which file it loaded. The trainer reads the
 path from the command line that nnU-Net parses (``sys.argv`` is also restored in DDP workers).
+What happens to the heads and the first convolution is in ``transfer``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
     return None
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_checkpoint_file(path: str | Path) -> dict:
+    """The whole checkpoint dict (``network_weights``, ``init_args``, ...) of an nnU-Net checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"-pretrained_weights {path}: no such file")
@@ -34,12 +36,17 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ValueError(f"{path} is not an nnU-Net checkpoint (no 'network_weights'); expected a checkpoint_*.pth "
                          "written by nnUNetv2_train")
-    return checkpoint["network_weights"]
+    return checkpoint
 
 
-def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_name: str = "TARGET") -> None:
-    """Raise a ValueError listing the first mismatching tensors if ``path`` does not fit ``network``."""
-    weights = load_weights(path)
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint_file(path)["network_weights"]
+
+
+def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_name: str = "TARGET",
+                                weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise a ValueError listing the first mismatching tensors if ``path`` (or its ``weights``) does not fit ``network``."""
+    weights = load_weights(path) if weights is None else weights
     if any(".base_layer." in k for k in weights):
         raise ValueError(
             f"{path} holds adapters (it was trained by an nnunet-peft adapter trainer). Fold them into a stock "
@@ -62,21 +69,3 @@ def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_na
             f"  nnunet-peft plan-from-checkpoint -d {dataset_name} -c {path}\n"
             "and train with the plans it prints (-p nnUNetPlans_pretrained), or, if you have the source's "
             "preprocessed folder, nnUNetv2_move_plans_between_datasets.")
-
-
-@torch.no_grad()
-def load_matching_heads(network: nn.Module, path: str | Path) -> str:
-    """Copy the checkpoint's segmentation heads into ``network`` if every head tensor has the same shape.
-
-    Returns a sentence for the training log saying which happened. Heads of another size (a different
-    label set) keep their fresh initialisation, as nnU-Net's own fine-tuning does for all heads.
-    """
-    weights = load_weights(path)
-    own = {k: v for k, v in network.state_dict().items() if HEAD_KEY in k}
-    theirs = {k: weights.get(k) for k in own}
-    if all(v is not None and v.shape == own[k].shape for k, v in theirs.items()):
-        network.load_state_dict({k: v.to(own[k].device) for k, v in theirs.items()}, strict=False)
-        return f"Segmentation heads kept from {path} (same number of outputs)."
-    sizes = {tuple(v.shape) for v in theirs.values() if v is not None}
-    return (f"Segmentation heads re-initialised: the checkpoint's heads {sorted(sizes)} do not match this dataset's "
-            f"{sorted({tuple(v.shape) for v in own.values()})}.")

@@ -13,6 +13,12 @@ nnU-Net's order of events shapes this class:
 So the instance builds a stock network (an instance attribute shadows the static builder for
 training), and the adapters are created in ``on_train_start`` from the loaded pretrained weights,
 or as empty structure in ``load_checkpoint`` before the saved state is loaded into them.
+
+Starting from a checkpoint with other classes or input channels (``transfer``): for nnU-Net's loader
+the stock network is built with the *checkpoint's* input channel count when it differs (the
+trainer name's ``ch*`` token says how to adapt it); ``on_train_start`` then maps the heads to the
+target's classes, rebuilds the first convolution for the target's channels, and writes the load
+report before anything trains. Prediction builds the target's network directly.
 """
 from __future__ import annotations
 
@@ -30,11 +36,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
 from nnunet_peft.injection import configure_finetuning, inject_adapters
+from nnunet_peft.placement import input_convolution
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
+from nnunet_peft.training.load_report import build_load_report, format_load_report
 from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
-from nnunet_peft.training.pretrained import check_pretrained_compatible, load_matching_heads, pretrained_weights_argument
+from nnunet_peft.training.pretrained import check_pretrained_compatible, pretrained_weights_argument
+from nnunet_peft.training.transfer import (Source, adapt_input_conv, channel_names, checkpoint_input_channels,
+                                           class_summary, label_map_from_env, map_heads, match_channels, read_source)
 
 SUMMARY_NAME = "peft_summary.json"
+LOAD_REPORT_NAME = "load_report.json"
 ADAPTER_DIR = "adapter"
 
 
@@ -76,6 +87,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         self.build_network_architecture = nnUNetTrainer.build_network_architecture
         self._peft_ready = False
         self._compile_after_setup = False
+        self._source: Source | None = None  # the -pretrained_weights checkpoint, until on_train_start used it
 
     # --------------------------------------------------------------- setup
     def _do_i_compile(self) -> bool:
@@ -88,13 +100,36 @@ class nnUNetTrainerPeft(nnUNetTrainer):
     def initialize(self):
         if self.was_initialized:
             return
-        super().initialize()
         pretrained = pretrained_weights_argument()
         if pretrained is not None and self.spec.scratch:
             raise ValueError(f"{self.spec.name} trains from scratch; drop -pretrained_weights or the 'scratch' token")
         if pretrained is not None:
+            self._source = read_source(pretrained)
+            self.build_network_architecture = self._build_for_checkpoint
+        super().initialize()
+        if self._source is not None:
             # before nnU-Net's own bare assertion, with an error that says what to do
-            check_pretrained_compatible(unwrap(self.network), pretrained, self.plans_manager.dataset_name)
+            check_pretrained_compatible(unwrap(self.network), pretrained, self.plans_manager.dataset_name,
+                                        weights=self._source.weights)
+
+    def _build_for_checkpoint(self, plans_manager, configuration_manager, num_input_channels: int,
+                              num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """The stock network, with the checkpoint's input channel count if it differs (so nnU-Net can load it)."""
+        build = nnUNetTrainer.build_network_architecture
+        network = build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                        enable_deep_supervision)
+        theirs = checkpoint_input_channels(network, self._source.weights)
+        if theirs is None or theirs == num_input_channels:
+            return network
+        if self.spec.input_channels is None:
+            src = channel_names(self._source.dataset_json)
+            raise ValueError(
+                f"the checkpoint {self._source.path} takes {theirs} input channel(s){f' {src}' if src else ''}, but "
+                f"{self.plans_manager.dataset_name} has {num_input_channels} {channel_names(self.dataset_json)}. Say how "
+                f"to rebuild the first convolution with a trainer-name token: {self.spec.name}_chzero (new channels "
+                f"start at zero), {self.spec.name}_chrepeat (summed kernel / channel count) or "
+                f"{self.spec.name}_chcopy<i> (new channels copy checkpoint channel i).")
+        return build(plans_manager, configuration_manager, theirs, num_output_channels, enable_deep_supervision)
 
     def _setup_peft(self, from_checkpoint: bool) -> None:
         """Turn the stock network into this trainer's (adapters / freezing), then rebuild the optimiser."""
@@ -102,16 +137,38 @@ class nnUNetTrainerPeft(nnUNetTrainer):
             return
         network = unwrap(self.network)
         spec = self.spec
-        pretrained = None if from_checkpoint else pretrained_weights_argument()
-        if pretrained is not None:
-            self.print_to_log_file(load_matching_heads(network, pretrained))
+        source = None if from_checkpoint else self._source
+        self._source = None  # the checkpoint's tensors are not needed after this
+        stock_ids = {id(v) for v in network.state_dict(keep_vars=True).values()}
+        statuses: dict[int, tuple[str, str]] = {}
+        classes, channels = class_summary(None, {}), None
+        if source is not None:
+            label_map = label_map_from_env()
+            statuses.update(map_heads(network, source, self.dataset_json, label_map))
+            classes = class_summary(source, self.dataset_json, label_map)
+            if spec.input_channels is not None:
+                channels = self._adapt_input_channels(network, source, statuses, stock_ids)
         elif not from_checkpoint and not spec.scratch:
             self.print_to_log_file(f"WARNING: {spec.name} is meant to start from -pretrained_weights; none were given, "
                                    "so it adapts a randomly initialised network.")
         if spec.peft_method is not None:
             inject_adapters(network, spec.peft_config(), init_weights=not from_checkpoint)
         else:
-            configure_finetuning(network, spec.baseline, spec.placement)
+            configure_finetuning(network, spec.baseline, spec.placement, input_conv=spec.input_channels is not None)
+        if not from_checkpoint:
+            if source is not None:
+                default = ("loaded", "same name and shape in the checkpoint")
+            else:
+                default = ("re-initialised", "no -pretrained_weights: nnU-Net's random initialisation")
+            report = build_load_report(
+                network, statuses, stock_ids, source=None if source is None else str(source.path), default=default,
+                adapter_reason=f"new {spec.peft_method or spec.method} adapter tensor; the update is zero at step 0",
+                classes=classes, channels=channels)
+            self.print_to_log_file(format_load_report(report), add_timestamp=False)
+            if self.local_rank == 0:
+                folder = Path(self.output_folder)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / LOAD_REPORT_NAME).write_text(json.dumps(report, indent=1), encoding="utf-8")
         self._peft_ready = True
         self.network = network
         if self._do_i_compile():
@@ -123,6 +180,30 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.print_to_log_file(f"{spec.name}: trainable parameters per stage\n{trainable_parameter_table(network)}",
                                add_timestamp=False)
+
+    def _adapt_input_channels(self, network: nn.Module, source: Source, statuses: dict, stock_ids: set) -> dict:
+        """Rebuild the first convolution for the target's channels (``spec.input_channels``); its report entry."""
+        spec = self.spec
+        conv = input_convolution(network)
+        n_source = conv.weight.shape[1]
+        theirs = channel_names(source.dataset_json)
+        theirs = theirs if theirs is not None and len(theirs) == n_source else None
+        ours = channel_names(self.dataset_json)
+        sources, how = match_channels(theirs, ours, n_source)
+        reason = adapt_input_conv(conv, spec.input_channels, sources, spec.copy_channel)
+        if spec.input_channels == "copy" and theirs is not None:
+            reason += f" (checkpoint channel {spec.copy_channel} is {theirs[spec.copy_channel]!r})"
+        if spec.input_channels != "repeat":
+            reason += f"; matched {how}"
+        if conv.weight.shape[1] != self.num_input_channels:
+            raise ValueError(f"the first convolution has {conv.weight.shape[1]} input channels after adaptation, "
+                             f"the dataset {self.num_input_channels}")
+        statuses[id(conv.weight)] = ("mapped", reason)
+        stock_ids.add(id(conv.weight))
+        return {"token": spec.input_channel_token, "mode": spec.input_channels, "checkpoint": theirs,
+                "target": ours, "sources": sources, "matched": how,
+                "text": reason + ("" if spec.baseline == "none" else
+                                  f"; the first convolution trains fully under {spec.method}")}
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]
@@ -175,6 +256,9 @@ class nnUNetTrainerPeft(nnUNetTrainer):
             "mean_epoch_time_s": float(np.mean(durations)) if durations else None,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
         }
+        report = folder / LOAD_REPORT_NAME  # written at the start of training (kept across --c)
+        if report.is_file():
+            summary["load_report"] = json.loads(report.read_text(encoding="utf-8"))
         (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
