@@ -8,13 +8,18 @@ nnU-Net checkpoint carries the full plans (``init_args['plans']``), the configur
 with and the source ``dataset.json``, so the target's plans can be derived from the checkpoint alone:
 
 1. read plans, configuration and source ``dataset.json`` from the checkpoint;
-2. check the target against them: the input channel count must match (the first convolution's
-   shape depends on it); a different label set is fine (``-pretrained_weights`` never transfers the
-   segmentation heads ``decoder.seg_layers``, it re-initialises them);
+2. check the target against them. A different label set is fine (the plugin's trainers map the
+   segmentation heads by class name). Other input channels are fine too: the first convolution is
+   rebuilt by the trainer (``_chzero`` / ``_chrepeat`` / ``_chcopy<i>`` in its name), and each target
+   channel is normalised as the checkpoint channel of the same name was (else as nnU-Net plans a
+   channel of that name, with the target's statistics);
 3. extract the target's fingerprint with nnU-Net's own ``nnUNetv2_extract_fingerprint``;
 4. write the target plans: the checkpoint's configuration verbatim (architecture, patch size,
-   spacing, normalisation schemes, resampling, batch size) and its axis transposition, plus the
-   target's reader/writer, names and median geometry. Only the chosen configuration is kept, so no
+   strides, spacing, normalisation schemes, resampling, batch size) and its axis transposition
+   (``transpose_forward/backward``: kernel sizes, strides and the patch are in transposed axis
+   order, so a target planned with another transpose would build e.g. a (2, 2, 1) upsampling
+   kernel where the checkpoint has (1, 2, 2)), plus the target's reader/writer, names and median
+   geometry. Only the chosen configuration is kept, so no
    ``3d_lowres``/cascade entry can refer to a configuration that is not there;
 5. copy the target ``dataset.json`` (which ``nnUNetv2_extract_fingerprint`` does not do, so
    ``nnUNetv2_preprocess`` would fail) and run ``nnUNetv2_preprocess`` for that configuration.
@@ -138,21 +143,28 @@ def _channel_names(dataset_json: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in names.items()}
 
 
+def _channel_list(dataset_json: dict[str, Any]) -> list[str]:
+    names = _channel_names(dataset_json)
+    return [names[k] for k in sorted(names, key=int)]
+
+
 def check_compatibility(source_dataset_json: dict[str, Any], target_dataset_json: dict[str, Any],
                         checkpoint: Path, target_dataset_json_path: Path) -> list[str]:
-    """Raise if the target cannot feed the pretrained network; return notes for anything else that differs."""
+    """Raise if the target's dataset.json is unusable; return notes for anything that differs from the checkpoint's."""
     source_channels = _channel_names(source_dataset_json)
     try:
         target_channels = _channel_names(target_dataset_json)
     except ValueError as e:
         raise ValueError(f"{target_dataset_json_path}: {e}") from None
-    if len(source_channels) != len(target_channels):
-        raise ValueError(
-            f"channel count mismatch: checkpoint {checkpoint} was trained on {len(source_channels)} input "
-            f"channel(s) {source_channels}, but target {target_dataset_json_path} has {len(target_channels)} "
-            f"{target_channels}. The pretrained network's first convolution takes exactly "
-            f"{len(source_channels)}; give the target the same channels in the same order.")
     notes = []
+    if len(source_channels) != len(target_channels):
+        notes.append(
+            f"channel count differs: checkpoint {checkpoint} was trained on {len(source_channels)} input channel(s) "
+            f"{source_channels}, target {target_dataset_json_path} has {len(target_channels)} {target_channels}. "
+            f"Train with a trainer name ending in _chzero, _chrepeat or _chcopy<i> (how the first convolution is "
+            f"rebuilt; README, \"Starting from a pretrained model\"). Each target channel is normalised as the "
+            f"checkpoint channel of the same name, or as nnU-Net plans a new channel.")
+        source_channels = {}  # no per-position comparison
     for key in sorted(source_channels, key=int):
         source_name, target_name = source_channels[key], target_channels.get(key)
         if target_name is None or source_name.casefold() != target_name.casefold():
@@ -160,10 +172,11 @@ def check_compatibility(source_dataset_json: dict[str, Any], target_dataset_json
                          f"checkpoint; it is normalised the checkpoint's way. Check that the modalities "
                          f"really correspond.")
     source_labels, target_labels = source_dataset_json.get("labels", {}), target_dataset_json.get("labels", {})
-    if len(source_labels) != len(target_labels):
+    if list(source_labels) != list(target_labels):
         notes.append(f"labels: checkpoint has {len(source_labels)} ({', '.join(map(str, source_labels))}), target "
-                     f"{len(target_labels)} ({', '.join(map(str, target_labels))}). Fine: -pretrained_weights "
-                     f"never transfers the segmentation heads (decoder.seg_layers); they start from scratch.")
+                     f"{len(target_labels)} ({', '.join(map(str, target_labels))}). Fine: the trainer maps the "
+                     f"segmentation heads (decoder.seg_layers) by class name; classes new to the target start "
+                     f"below the shared ones (NNUNET_PEFT_LABEL_MAP=target=checkpoint pairs renamed classes).")
     return notes
 
 
@@ -205,13 +218,16 @@ def _clipping_warnings(source_props: dict[str, Any], target_props: dict[str, Any
 
 def build_target_plans(source_plans: dict[str, Any], configuration: str, target_dataset_name: str,
                        plans_name: str, target_fingerprint: dict[str, Any], image_reader_writer: str,
-                       intensity_properties: IntensitySource = "source") -> dict[str, Any]:
+                       intensity_properties: IntensitySource = "source",
+                       channels: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
     """Target plans that make nnU-Net build and feed exactly the checkpoint's network. Pure function.
 
-    Kept from the source: the configuration (architecture, patch size, spacing, normalisation,
-    resampling, batch size), ``transpose_forward/backward`` (the patch and kernel axes are in
-    transposed order), planner and label-manager names. From the target: names, reader/writer,
-    median geometry (informative only) and, when asked, the foreground intensity statistics.
+    Kept from the source: the configuration (architecture, patch size, strides, spacing,
+    normalisation, resampling, batch size), ``transpose_forward/backward`` (the patch and kernel
+    axes are in transposed order), planner and label-manager names. From the target: names,
+    reader/writer, median geometry (informative only) and, when asked, the foreground intensity
+    statistics. ``channels`` = (checkpoint's channel names, target's): when their counts differ,
+    the per-channel entries are rebuilt for the target's channels (``_per_target_channel``).
     """
     if intensity_properties not in INTENSITY_SOURCES:
         raise ValueError(f"intensity_properties must be one of {INTENSITY_SOURCES}, got {intensity_properties!r}")
@@ -241,7 +257,11 @@ def build_target_plans(source_plans: dict[str, Any], configuration: str, target_
                                     source_plans.get("foreground_intensity_properties_by_modality"))
     target_props = target_fingerprint["foreground_intensity_properties_per_channel"]
     chosen = deepcopy(source_props if intensity_properties == "source" else target_props)
-    if chosen is None or len(chosen) != len(config["normalization_schemes"]):
+    if channels is not None and len(channels[0]) != len(channels[1]):
+        if source_props is None or len(source_props) != len(config["normalization_schemes"]):
+            raise ValueError("the checkpoint's plans hold no intensity statistics for each of its channels")
+        chosen = _per_target_channel(config, source_props, target_fingerprint, intensity_properties, *channels)
+    elif chosen is None or len(chosen) != len(config["normalization_schemes"]):
         raise ValueError(f"the checkpoint's plans hold intensity statistics for "
                          f"{0 if source_props is None else len(source_props)} channel(s) but its configuration "
                          f"normalises {len(config['normalization_schemes'])}; the plans are inconsistent")
@@ -270,6 +290,38 @@ def build_target_plans(source_plans: dict[str, Any], configuration: str, target_
     }
 
 
+def _per_target_channel(config: dict[str, Any], source_props: dict[str, Any], fingerprint: dict[str, Any],
+                        intensity_properties: str, source_names: list[str], target_names: list[str]) -> dict[str, Any]:
+    """Normalisation entries for target channels when the channel count differs; returns the statistics.
+
+    A target channel with a checkpoint channel of the same name (case-insensitive) is normalised as
+    that channel was (scheme, mask, and its statistics unless ``intensity_properties="target"``); the
+    first convolution keeps that channel's kernel. Any other channel is planned as nnU-Net plans it
+    (``get_normalization_scheme`` of its name, the nonzero mask when cropping removed over a quarter,
+    the target's statistics). Matching is by name only: no position is assumed here, since the trainer
+    matches by position only when no name is shared, and then every channel is new for normalisation.
+    """
+    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+
+    folded = {name.casefold(): i for i, name in reversed(list(enumerate(source_names)))}
+    schemes, masks, stats = [], [], {}
+    crop_small = fingerprint.get("median_relative_size_after_cropping", 1.0) < 3 / 4
+    for t, name in enumerate(target_names):
+        s = folded.get(name.casefold())
+        if s is not None:
+            schemes.append(config["normalization_schemes"][s])
+            masks.append(bool(config["use_mask_for_norm"][s]))
+            stats[str(t)] = deepcopy(source_props[str(s)] if intensity_properties == "source"
+                                     else fingerprint["foreground_intensity_properties_per_channel"][str(t)])
+        else:
+            scheme = get_normalization_scheme(name)
+            schemes.append(scheme.__name__)
+            masks.append(bool(crop_small and scheme.leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true))
+            stats[str(t)] = deepcopy(fingerprint["foreground_intensity_properties_per_channel"][str(t)])
+    config["normalization_schemes"], config["use_mask_for_norm"] = schemes, masks
+    return stats
+
+
 def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_json: dict[str, Any],
                       network_weights: dict[str, Any], checkpoint: Path) -> None:
     """Fail now, not at epoch 0, if ``-pretrained_weights`` would reject the checkpoint for these plans.
@@ -290,9 +342,16 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
                                          config.network_arch_init_kwargs_req_import,
                                          len(_channel_names(target_dataset_json)), num_outputs,
                                          allow_init=False, deep_supervision=True)
+    from nnunet_peft.placement import input_convolution
+
+    # the trainer rebuilds the first convolution when the channel counts differ (a ch* token)
+    first = {k for k, v in network.state_dict(keep_vars=True).items() if v is input_convolution(network).weight}
     problems = []
     for key, tensor in network.state_dict().items():
         if ".seg_layers." in key:
+            continue
+        if key in first and key in network_weights and network_weights[key].shape[0] == tensor.shape[0] \
+                and network_weights[key].shape[2:] == tensor.shape[2:]:
             continue
         if key not in network_weights:
             problems.append(f"{key} missing")
@@ -420,7 +479,8 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
             target_dataset_json, example_image, allow_nonmatching_filename=True, verbose=False).__name__
 
         plans = build_target_plans(ckpt.plans, configuration, dataset_name, plans_name, fingerprint,
-                                   reader_writer, intensity_properties)
+                                   reader_writer, intensity_properties,
+                                   channels=(_channel_list(ckpt.dataset_json), _channel_list(target_dataset_json)))
         plans["pretrained_from"] = provenance  # adds the checkpoint path, which build_target_plans does not know
         check_weights_fit(plans, configuration, target_dataset_json, ckpt.network_weights, ckpt.path)
 
@@ -454,6 +514,8 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
         log(note)
     log(f"plans: {plans_path}; preprocessed data: {destination / config['data_identifier']}")
     log("next, fine-tune (any fold; any nnUNetTrainer<Method> of nnunet-peft):")
+    if len(_channel_names(ckpt.dataset_json)) != len(_channel_names(target_dataset_json)) and "_ch" not in trainer:
+        trainer += "_chzero"  # other input channels: the trainer must be told how to rebuild the first convolution
     log("  " + train_command(dataset_id, configuration, plans_name, ckpt.path, trainer))
     return plans_path
 

@@ -155,10 +155,14 @@ def test_clipping_warning_only_when_target_range_leaves_the_source_window():
 
 # ---------------------------------------------------------------- checks on the inputs (fast)
 
-def test_channel_count_mismatch_names_both_sides():
+def test_channel_count_difference_is_a_note_naming_both_sides_and_the_tokens():
     two = {**TARGET_JSON, "channel_names": {"0": "T2", "1": "ADC"}}
-    with pytest.raises(ValueError, match=r"1 input channel\(s\) \{'0': 'CT'\}.*target.*has 2 \{'0': 'T2', '1': 'ADC'\}"):
-        pfc.check_compatibility(SOURCE_JSON, two, Path("/x/ckpt.pth"), Path("/raw/Dataset902_Tgt/dataset.json"))
+    notes = pfc.check_compatibility(SOURCE_JSON, two, Path("/x/ckpt.pth"), Path("/raw/Dataset902_Tgt/dataset.json"))
+    (note,) = [n for n in notes if n.startswith("channel count differs")]
+    assert "1 input channel(s) {'0': 'CT'}" in note and "has 2 {'0': 'T2', '1': 'ADC'}" in note
+    assert "_chzero, _chrepeat or _chcopy<i>" in note
+    with pytest.raises(ValueError, match="has no 'channel_names'"):
+        pfc.check_compatibility(SOURCE_JSON, {"labels": {}}, Path("c"), Path("d"))
 
 
 def test_label_and_channel_name_differences_are_notes_not_errors():
@@ -207,18 +211,81 @@ def _raw_target_json(raw: Path, dataset_json: dict, name: str = "Dataset902_Tgt"
     (raw / name / "dataset.json").write_text(json.dumps(dataset_json))
 
 
-def test_channel_mismatch_fails_before_anything_is_written(tmp_path):
+def _fake_nnunet(fingerprint: dict, seen: dict):
+    """Stand-ins for the nnU-Net subprocesses: a fingerprint, then a preprocessing run that writes one case."""
+    def run(entry_point, command_name, args, env, log):
+        staged = Path(env["nnUNet_preprocessed"]) / "Dataset902_Tgt"
+        if command_name == "nnUNetv2_extract_fingerprint":
+            (staged / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+            return
+        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text())
+        (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
+        (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.b2nd").write_bytes(b"data")
+    return run
+
+
+def _target_with_images(raw: Path, channels: int) -> None:
+    _write_dataset(raw, "Dataset902_Tgt", 1, (6, 8, 8), (3.0, 0.8, 0.8), ["background", "a", "b"], 0.0, 1)
+    for c in range(1, channels):  # more channels: copies of channel 0
+        image = raw / "Dataset902_Tgt" / "imagesTr" / "case000_0000.nii.gz"
+        (image.parent / f"case000_{c:04d}.nii.gz").write_bytes(image.read_bytes())
+
+
+def test_two_channel_target_from_a_one_channel_checkpoint(tmp_path, monkeypatch):
     raw, pre = tmp_path / "raw", tmp_path / "pre"
-    _raw_target_json(raw, {**TARGET_JSON, "channel_names": {"0": "T2", "1": "ADC"}})
+    _target_with_images(raw, 2)
+    target_json = {**TARGET_JSON, "channel_names": {"0": "ct", "1": "PET"}}
+    (raw / "Dataset902_Tgt" / "dataset.json").write_text(json.dumps(target_json))
     ckpt = _save_checkpoint(tmp_path / "ckpt.pth", SOURCE_PLANS, SOURCE_JSON)
-    with pytest.raises(ValueError, match="channel count mismatch"):
-        pfc.plan_from_checkpoint(902, ckpt, raw_folder=raw, preprocessed_folder=pre)
-    assert not pre.exists() or list(pre.rglob("*")) == []
+    pet = {"max": 9.0, "mean": 2.0, "median": 2.0, "min": 0.0, "percentile_00_5": 0.1, "percentile_99_5": 8.0, "std": 1.0}
+    fingerprint = {**TARGET_FINGERPRINT, "foreground_intensity_properties_per_channel": {**TARGET_STATS, "1": pet}}
+    seen, log = {}, []
+    monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(fingerprint, seen))
+    plans_path = pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
+                                          log=log.append)
+    plans = json.loads(plans_path.read_text())
+    config = plans["configurations"]["3d_fullres"]
+    # 'ct' is the checkpoint's 'CT': normalised as in pretraining; PET as nnU-Net plans a new channel
+    assert config["normalization_schemes"] == ["CTNormalization", "ZScoreNormalization"]
+    assert config["use_mask_for_norm"] == [False, False]
+    assert plans["foreground_intensity_properties_per_channel"] == {"0": SOURCE_STATS["0"], "1": pet}
+    assert config["architecture"] == _ARCH
+    text = "\n".join(log)
+    assert "channel count differs" in text
+    assert log[-1].strip().endswith(f"-tr nnUNetTrainerCPLoRA_chzero -pretrained_weights {ckpt}")
 
 
-def test_cli_reports_channel_mismatch_as_a_clean_error(tmp_path, monkeypatch, capsys):
+def test_target_planned_from_a_transposed_checkpoint_keeps_its_axes_and_loads(tmp_path, monkeypatch):
+    # the source's thick axis was the last: nnU-Net transposed it first, and its kernels, strides and patch are in
+    # that order. The target's thick axis is the first, so its own planning would not transpose (nnU-Net #2775)
+    source = deepcopy(SOURCE_PLANS)
+    source["transpose_forward"], source["transpose_backward"] = [2, 0, 1], [1, 2, 0]
+    arch = source["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["strides"] = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    ckpt = _save_checkpoint(tmp_path / "ckpt.pth", source, SOURCE_JSON)
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    _target_with_images(raw, 1)
+    (raw / "Dataset902_Tgt" / "dataset.json").write_text(json.dumps(TARGET_JSON))
+    monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(TARGET_FINGERPRINT, {}))
+    plans = json.loads(pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
+                                                log=lambda _: None).read_text())
+    assert plans["transpose_forward"] == [2, 0, 1] and plans["transpose_backward"] == [1, 2, 0]
+    config, source_config = plans["configurations"]["3d_fullres"], source["configurations"]["3d_fullres"]
+    assert config["patch_size"] == source_config["patch_size"]
+    assert config["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    assert config["architecture"]["arch_kwargs"]["kernel_sizes"] == arch["kernel_sizes"]
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    network = _network(plans, TARGET_JSON)
+    load_pretrained_weights(network, str(ckpt))  # nnU-Net's own loader accepts it
+    weights = torch.load(ckpt, weights_only=False)["network_weights"]
+    assert tuple(network.decoder.transpconvs[-1].weight.shape[2:]) == (1, 2, 2)
+    assert weights["decoder.transpconvs.1.weight"].shape == network.decoder.transpconvs[1].weight.shape
+
+
+def test_cli_reports_a_bad_target_as_a_clean_error(tmp_path, monkeypatch, capsys):
     raw = tmp_path / "raw"
-    _raw_target_json(raw, {**TARGET_JSON, "channel_names": {"0": "T2", "1": "ADC"}})
+    _raw_target_json(raw, {"labels": {"background": 0}})
     ckpt = _save_checkpoint(tmp_path / "ckpt.pth", SOURCE_PLANS, SOURCE_JSON)
     monkeypatch.setenv("nnUNet_raw", str(raw))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
@@ -227,7 +294,7 @@ def test_cli_reports_channel_mismatch_as_a_clean_error(tmp_path, monkeypatch, ca
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint",))  # others may be unbuilt
     assert cli.main(["plan-from-checkpoint", "-d", "902", "-c", str(ckpt)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("nnunet-peft plan-from-checkpoint: error: channel count mismatch")
+    assert err.startswith("nnunet-peft plan-from-checkpoint: error: ") and "has no 'channel_names'" in err
     assert not (tmp_path / "pre" / "Dataset902_Tgt").exists()
 
 
