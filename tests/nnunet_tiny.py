@@ -10,8 +10,11 @@ import SimpleITK as sitk
 
 
 def make_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, n_labels: int = 1,
-                 shape=(16, 20, 20), seed: int = 0, channel: str = "MRI") -> Path:
-    """Noise volumes with 1..n_labels bright boxes, written as an nnU-Net raw dataset."""
+                 shape=(16, 20, 20), seed: int = 0, channel: str = "MRI", label_names: list[str] | None = None) -> Path:
+    """Noise volumes with 1..n_labels bright boxes, written as an nnU-Net raw dataset.
+
+    Label i is a box 2 + i brighter than the noise; ``label_names`` names labels 1..n (default l1..ln).
+    """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     rng = np.random.default_rng(seed)
@@ -30,7 +33,8 @@ def make_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, n_labels: 
             image = sitk.GetImageFromArray(array)
             image.SetSpacing((1.0, 1.0, 1.5))
             sitk.WriteImage(image, str(path))
-    generate_dataset_json(str(folder), {0: channel}, {"background": 0, **{f"l{i}": i for i in range(1, n_labels + 1)}},
+    names = label_names or [f"l{i}" for i in range(1, n_labels + 1)]
+    generate_dataset_json(str(folder), {0: channel}, {"background": 0, **{n: i for i, n in enumerate(names, 1)}},
                           n_cases, ".nii.gz", dataset_name=folder.name)
     return folder
 

@@ -51,6 +51,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--test-images", type=Path, metavar="DIR",
                    help="held-out images (nnU-Net input layout CASE_0000.nii.gz), predicted with each fold")
     p.add_argument("--test-labels", type=Path, metavar="DIR", help="their reference labels CASE.nii.gz")
+    p.add_argument("--source-test-images", type=Path, metavar="DIR",
+                   help="a test set of the --pretrained checkpoint's own (old) task, predicted with each model of "
+                        "--test-folds and with the checkpoint itself, and scored on the classes the target shares "
+                        "with it: what fine-tuning cost the old task (written to OUT/old_task)")
+    p.add_argument("--source-test-labels", type=Path, metavar="DIR",
+                   help="their reference labels, in the checkpoint's label values")
     p.add_argument("--test-folds", nargs="+", metavar="FOLD",
                    help="folds whose models predict the test set (default: every fold of --folds); e.g. 0, "
                         "when predicting the test set once per fold costs too much")
@@ -79,6 +85,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         stats.volume_bin_edges([], args.volume_bins)  # validate now, not after hours of training
     if (args.test_images is None) != (args.test_labels is None):
         raise ValueError("--test-images and --test-labels go together")
+    if (args.source_test_images is None) != (args.source_test_labels is None):
+        raise ValueError("--source-test-images and --source-test-labels go together")
+    if args.source_test_images is not None and args.pretrained is None:
+        raise ValueError("--source-test-images needs --pretrained: the checkpoint's task is the old task")
     test_folds = folds
     if args.test_folds is not None:
         test_folds = list(dict.fromkeys(runs.parse_fold(f) for f in args.test_folds))
@@ -136,6 +146,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
                                      args.num_processes)
         notes.append(f"Test set predicted by the model of fold(s) {' '.join(map(str, test_folds))} of each "
                      f"method{'' if experiment.test_time_mirroring else ', without test-time mirroring'}.")
+    if args.source_test_images is not None:
+        from nnunet_peft.evaluation.old_task import old_task_check
+
+        _, old_task_note = old_task_check(experiment, [r for r in planned if r.fold in test_folds],
+                                          args.source_test_images.resolve(), args.source_test_labels.resolve(),
+                                          dataset_json, out, env)
+        notes.append(old_task_note)
     if reference is not None and not any(r["trainer"] == reference for r in rows):
         reference_note = f"No paired test: the reference {reference} has no finished run."
         reference = None
