@@ -58,9 +58,9 @@ class ConvertOptions:
         if not _DATASET_NAME.fullmatch(self.dataset_name):
             raise ValueError(f"dataset name {self.dataset_name!r} must start with a letter or digit and hold only "
                              f"letters, digits, '_', '-' and '.', e.g. 'SAH' or 'Hippocampus_HarP'")
-        if not self.raw_dir.is_dir():
-            raise FileNotFoundError(f"nnUNet_raw folder {self.raw_dir} does not exist; create it or point --raw "
-                                    f"(or the nnUNet_raw environment variable) at the right folder")
+        if self.raw_dir.exists() and not self.raw_dir.is_dir():
+            raise FileExistsError(f"nnUNet_raw {self.raw_dir} is a file, not a folder; point --raw (or the "
+                                  f"nnUNet_raw environment variable) at a folder")
         if self.folds is not None:
             if self.folds < 2:
                 raise ValueError(f"--folds must be at least 2, got {self.folds}")
@@ -91,9 +91,11 @@ class ConversionResult:
     folds: int | None = None
     groups: dict[str, str] | None = None  # training case -> group, where the folds keep groups together
     crop_margin: float | None = None
+    created_raw: bool = False  # nnUNet_raw did not exist and was created, as nnU-Net's own converters do
 
     def report(self) -> str:
-        lines = [f"{self.dataset_dir.name} written to {self.dataset_dir}",
+        lines = [f"created the nnUNet_raw folder {self.dataset_dir.parent}"] if self.created_raw else []
+        lines += [f"{self.dataset_dir.name} written to {self.dataset_dir}",
                  f"  cases: {len(self.training_cases)} training (imagesTr/labelsTr), "
                  f"{len(self.test_cases)} unlabelled (imagesTs)",
                  f"  foreground volume per training case, mL:  {'min':>9} {'median':>9} {'max':>9}  cases with it"]
@@ -125,7 +127,20 @@ def convert(layout: Layout, source: Path, options: ConvertOptions, progress: Tex
     splits_file = (options.preprocessed_dir / options.folder_name / "splits_final.json"
                    if options.folds is not None and options.preprocessed_dir is not None else None)
     _refuse_clashes(options, target, splits_file)
+    created_raw = not options.raw_dir.exists()
+    try:
+        result = _convert(layout, source, options, progress, target, splits_file)
+    except BaseException:
+        if created_raw:  # a failed run leaves nothing behind, not even the folder it made
+            shutil.rmtree(options.raw_dir, ignore_errors=True)
+        raise
+    result.created_raw = created_raw
+    return result
 
+
+def _convert(layout: Layout, source: Path, options: ConvertOptions, progress: TextIO | None, target: Path,
+             splits_file: Path | None) -> ConversionResult:
+    options.raw_dir.mkdir(parents=True, exist_ok=True)
     found = layout.discover(source)
     cases = sorted((c for c in found.cases if c.labelled), key=lambda c: c.case_id) + \
         sorted((c for c in found.cases if not c.labelled), key=lambda c: c.case_id)

@@ -320,7 +320,6 @@ def test_refuses_to_overwrite_or_reuse_an_id(folders, capsys) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--raw", "/nonexistent/raw"], "does not exist"),
     (["-n", "has space"], "dataset name 'has space'"),
     (["--labels", "1->2"], "consecutive labels"),
     (["--stratify-volume"], "add --folds"),
@@ -334,6 +333,32 @@ def test_bad_options_are_clear_errors(folders, capsys, args, message) -> None:
     code, _, err = convert(capsys, "paired", folders["src"], *args)
     assert code == 2 and message in err
     assert_nothing_written(folders["raw"])
+
+
+def test_missing_raw_folder_is_created_and_named(folders, capsys) -> None:
+    make_paired(folders["src"], 2)
+    raw = folders["raw"].parent / "new" / "nnUNet_raw"
+    code, out, _ = convert(capsys, "paired", folders["src"], "--raw", str(raw))
+    assert code == 0 and f"created the nnUNet_raw folder {raw}" in out
+    assert [p.name.startswith("Dataset001_") for p in raw.iterdir()] == [True]
+    again = convert(capsys, "paired", folders["src"], "--raw", str(raw), "--overwrite")
+    assert again[0] == 0 and "created the nnUNet_raw folder" not in again[1]
+
+
+def test_failed_run_removes_the_raw_folder_it_created(folders, capsys) -> None:
+    make_paired(folders["src"], 2)
+    (folders["src"] / "masks" / "sah01_mask.nii.gz").write_bytes(b"not an image")
+    raw = folders["raw"].parent / "new_raw"
+    code, _, err = convert(capsys, "paired", folders["src"], "--raw", str(raw))
+    assert code == 2 and "sah01" in err and not raw.exists()
+
+
+def test_raw_that_is_a_file_is_refused(folders, capsys) -> None:
+    make_paired(folders["src"], 2)
+    not_a_folder = folders["raw"].parent / "raw.txt"
+    not_a_folder.write_text("")
+    code, _, err = convert(capsys, "paired", folders["src"], "--raw", str(not_a_folder))
+    assert code == 2 and "is a file, not a folder" in err
 
 
 def test_raw_folder_is_required(folders, capsys, monkeypatch) -> None:
