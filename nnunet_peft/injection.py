@@ -78,7 +78,7 @@ def _conv_layout_shape(conv: nn.Module) -> tuple[int, ...]:
 
 
 def _tensor_wrappers(network, targets, config, init_weights) -> list[ConvAdapter]:
-    """One group per kernel shape (METHODS.md: "all target layers whose weights have the same shape")."""
+    """One group per conv-layout kernel shape, across stages (docs/METHODS.md, "The tensor family")."""
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, (_, conv) in enumerate(targets):
         by_shape[_conv_layout_shape(conv)].append(i)

@@ -1,4 +1,4 @@
-"""Where adapters go in dynamic_network_architectures U-Nets (METHODS.md, "Placement").
+"""Where adapters go in dynamic_network_architectures U-Nets (docs/METHODS.md, "Placement").
 
 Networks are recognised by structure (``encoder.stages``, ``decoder.stages``,
 ``decoder.transpconvs``, ``decoder.seg_layers``), so PlainConvUNet, ResidualEncoderUNet and

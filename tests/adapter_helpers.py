@@ -53,7 +53,7 @@ def perturb_(tensors: list[torch.Tensor], seed: int = 0, scale: float = 0.1) -> 
 
 
 def expected_layer_count(method: str, shape: tuple[int, ...], rank: int, serial_width: int | None = None) -> int:
-    """METHODS.md's trainable-parameter formula for one low-rank / HyPS layer of conv-layout ``shape``."""
+    """docs/METHODS.md's trainable-parameter formula for one low-rank / HyPS layer of conv-layout ``shape``."""
     cout, cin, *kernel = shape
     k = math.prod(kernel)
     base = method.replace("dora", "lora")
@@ -72,7 +72,7 @@ def expected_layer_count(method: str, shape: tuple[int, ...], rank: int, serial_
 
 
 def expected_group_count(method: str, shape: tuple[int, ...], num_layers: int, rank: int) -> int:
-    """METHODS.md's count for a tensor group of ``num_layers`` kernels of conv-layout ``shape``."""
+    """docs/METHODS.md's count for a tensor group of ``num_layers`` kernels of conv-layout ``shape``."""
     cout, cin, *kernel = shape
     cols = cin * math.prod(kernel)
     r = min(rank, cout, cols)

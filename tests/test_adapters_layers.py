@@ -1,4 +1,4 @@
-"""Adapter layers on their own, against the formulas of METHODS.md written out independently.
+"""Adapter layers on their own, against the formulas of docs/METHODS.md written out independently.
 
 Each layer's forward pass, in every forward mode, must equal one convolution with
 ``W0 + dW`` where ``dW`` is computed here from the layer's factors by the specification's
@@ -67,7 +67,7 @@ def constructor_kwargs(base: nn.Module) -> dict:
 
 
 def reference_delta(layer: nn.Module, method: str) -> torch.Tensor:
-    """``dW`` (conv layout) from the layer's factors by METHODS.md's formulas."""
+    """``dW`` (conv layout) from the layer's factors by docs/METHODS.md's formulas."""
     s = layer.scaling
     shape = layer.conv_shape
     if method in ("lora_c", "dora_c"):

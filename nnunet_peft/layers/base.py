@@ -2,7 +2,7 @@
 
 Weights are handled in *conv layout* ``(Cout, Cin, k1, ..., kd)`` throughout; a transposed
 convolution stores ``(Cin, Cout, k...)`` and is swapped on the way in and out, which is how
-METHODS.md adapts it "with the roles of the first two axes swapped".
+docs/METHODS.md (section 1) adapts it: every formula reads the same for both.
 
 Merge contract: ``merge()`` writes the adapted weight into ``base_layer.weight`` and keeps the
 pretrained weight aside, so ``unmerge()`` restores it bit for bit; while merged, the forward pass

@@ -1,4 +1,4 @@
-"""HyPS: a parallel SVD principal part plus a serial bottleneck adapter (METHODS.md)."""
+"""HyPS: a parallel SVD principal part plus a serial bottleneck adapter (docs/METHODS.md)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The low-rank family: LoRA-C, convLoRA, CP-LoRA and their DoRA variants (METHODS.md).
+"""The low-rank family: LoRA-C, convLoRA, CP-LoRA and their DoRA variants (docs/METHODS.md).
 
 Each class defines the update ``dW`` (``delta_weight``) and, where the factors form a chain of
 convolutions, ``chain`` (the update's output computed without building ``dW``). DoRA is a flag of
