@@ -521,8 +521,11 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
 
 
 def _run(args: argparse.Namespace) -> int:
+    from nnunet_peft.commands.deprecated import resolve_checkpoint
+
+    checkpoint, configuration = resolve_checkpoint(args, "plan-from-checkpoint")
     try:
-        plan_from_checkpoint(args.dataset, args.checkpoint, configuration=args.configuration,
+        plan_from_checkpoint(args.dataset, checkpoint, configuration=configuration,
                              plans_name=args.plans_name, intensity_properties=args.intensity_properties,
                              num_processes=args.num_processes, overwrite=args.overwrite,
                              verify_dataset_integrity=args.verify_dataset_integrity)
@@ -542,9 +545,13 @@ def add_parser(subparsers) -> None:
         "command to fine-tune. Uses nnUNet_raw and nnUNet_preprocessed like nnU-Net.",
     )
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name (in nnUNet_raw)")
-    p.add_argument("-c", "--checkpoint", required=True, help="pretrained nnU-Net checkpoint (.pth)")
-    p.add_argument("--configuration", default=None,
-                   help="configuration to plan (default: the one the checkpoint was trained with)")
+    p.add_argument("--checkpoint", metavar="CHECKPOINT",
+                   help="pretrained nnU-Net checkpoint (.pth), e.g. MODEL_FOLDER/fold_0/checkpoint_final.pth "
+                   "(required; the old spelling '-c CHECKPOINT' still works, with a deprecation message, until "
+                   "0.2.0)")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="configuration to plan, as in nnU-Net (default, and the only one whose network fits the "
+                   "weights: the one the checkpoint was trained with)")
     p.add_argument("-p", "--plans-name", default=DEFAULT_PLANS_NAME,
                    help=f"name of the plans to write; pass it to nnUNetv2_train -p (default: {DEFAULT_PLANS_NAME})")
     p.add_argument("--intensity-properties", choices=INTENSITY_SOURCES, default="source",

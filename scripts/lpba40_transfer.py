@@ -177,7 +177,7 @@ def target_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs
           "-d", str(TEST_ID), "-n", "LPBA40HippocampusTest", *crops], env, logs)
     add_curve_folds(work / "preprocessed" / f"Dataset{TARGET_ID}_LPBA40Hippocampus" / "splits_final.json", args.seed)
     step("plan the target from the checkpoint",
-         [py, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", str(TARGET_ID), "-c", str(checkpoint), "-np", "2"],
+         [py, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", str(TARGET_ID), "--checkpoint", str(checkpoint), "-np", "2"],
          env, logs)
 
 

@@ -260,14 +260,14 @@ def test_apply_adapter_checks_the_base(tmp_path, capsys):
     shared, source, other = tmp_path / "shared", source_checkpoint(tmp_path), source_checkpoint(tmp_path, 1, "other.pth")
 
     # the right base: no warning, and the rebuilt checkpoint is the trained one
-    code, out, err = run_cli(["apply-adapter", "-a", shared, "-c", source, "-o", tmp_path / "applied"], capsys)
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "--checkpoint", source, "-o", tmp_path / "applied"], capsys)
     assert code == 0 and "WARNING" not in err, err
     rebuilt = torch.load(tmp_path / "applied" / "fold_0" / CHECKPOINT, weights_only=False)["network_weights"]
     trained = torch.load(model / "fold_0" / CHECKPOINT, weights_only=False)["network_weights"]
     assert rebuilt.keys() == trained.keys() and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
 
     # another base: refused, naming both fingerprints, the checkpoint and the adapter; nothing written
-    code, out, err = run_cli(["apply-adapter", "-a", shared, "-c", other, "-o", tmp_path / "wrong"], capsys)
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "--checkpoint", other, "-o", tmp_path / "wrong"], capsys)
     assert code == 2
     expected, actual = base_fingerprint(pretrained_network(SPEC)), base_fingerprint(pretrained_network(SPEC, seed=1))
     for text in (expected, actual, str(other), str(shared / "fold_0"), "--allow-other-base"):
@@ -275,10 +275,30 @@ def test_apply_adapter_checks_the_base(tmp_path, capsys):
     assert not (tmp_path / "wrong").exists()
 
     # told to: applied, saying so
-    code, out, err = run_cli(["apply-adapter", "-a", shared, "-c", other, "-o", tmp_path / "forced",
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "--checkpoint", other, "-o", tmp_path / "forced",
                               "--allow-other-base"], capsys)
     assert code == 0 and "WARNING" in err and "allow-other-base" in err and actual in err
     assert (tmp_path / "forced" / "fold_0" / CHECKPOINT).is_file()
+
+
+def test_apply_adapter_old_c_spelling_and_configuration_check(tmp_path, capsys):
+    """-c was the checkpoint; now it is the configuration (an optional check). The old spelling still works."""
+    model = results_folder(tmp_path, folds=(0,), dice=None)
+    export_adapter(model, tmp_path / "shared")
+    shared, source = tmp_path / "shared", source_checkpoint(tmp_path)
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "-c", source, "-o", tmp_path / "old"], capsys)
+    assert code == 0 and "DEPRECATED" in err and "--checkpoint" in err, err
+    assert (tmp_path / "old" / "fold_0" / CHECKPOINT).is_file()
+
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "--checkpoint", source, "-c", CONFIGURATION,
+                              "-o", tmp_path / "checked"], capsys)
+    assert code == 0 and "DEPRECATED" not in err, err
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "--checkpoint", source, "-c", "2d",
+                              "-o", tmp_path / "other_configuration"], capsys)
+    assert code == 2 and f"trained as configuration {CONFIGURATION}" in err
+    assert not (tmp_path / "other_configuration").exists()
+    code, out, err = run_cli(["apply-adapter", "-a", shared, "-o", tmp_path / "none"], capsys)
+    assert code == 2 and "--checkpoint" in err
 
 
 def test_apply_adapter_in_python_refuses_and_overrides(tmp_path):
@@ -298,7 +318,7 @@ def test_apply_adapter_warns_for_an_old_export(tmp_path, capsys):
     record = json.loads(config.read_text())
     del record[FINGERPRINT_KEY]
     config.write_text(json.dumps(record))
-    code, out, err = run_cli(["apply-adapter", "-a", tmp_path / "shared", "-c", source_checkpoint(tmp_path),
+    code, out, err = run_cli(["apply-adapter", "-a", tmp_path / "shared", "--checkpoint", source_checkpoint(tmp_path),
                               "-o", tmp_path / "applied"], capsys)
     assert code == 0 and "WARNING" in err and "cannot be checked" in err
 

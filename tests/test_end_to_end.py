@@ -121,7 +121,7 @@ def test_predict_merge_export_apply_give_the_same_labels(work):
     adapter_file = root / "adapter" / "fold_0" / "adapter_model.safetensors"
     full = (work["model"] / "fold_0" / "checkpoint_final.pth").stat().st_size
     assert adapter_file.stat().st_size < 0.02 * full
-    run(["nnunet-peft", "apply-adapter", "-a", str(root / "adapter"), "-c", str(work["pretrained"]),
+    run(["nnunet-peft", "apply-adapter", "-a", str(root / "adapter"), "--checkpoint", str(work["pretrained"]),
          "-o", str(root / "applied")], env)
     applied = predict_folder(work, root / "applied", "pred_applied")
     assert {k: v.tolist() for k, v in labels(applied).items()} == {k: v.tolist() for k, v in reference.items()}

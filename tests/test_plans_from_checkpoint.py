@@ -292,7 +292,7 @@ def test_cli_reports_a_bad_target_as_a_clean_error(tmp_path, monkeypatch, capsys
     from nnunet_peft import cli
 
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint",))  # others may be unbuilt
-    assert cli.main(["plan-from-checkpoint", "-d", "902", "-c", str(ckpt)]) == 2
+    assert cli.main(["plan-from-checkpoint", "-d", "902", "--checkpoint", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-peft plan-from-checkpoint: error: ") and "has no 'channel_names'" in err
     assert not (tmp_path / "pre" / "Dataset902_Tgt").exists()
@@ -328,10 +328,48 @@ def test_failed_preprocessing_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_cli_defaults():
     parser = argparse.ArgumentParser()
     pfc.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["plan-from-checkpoint", "-d", "5", "-c", "m.pth"])
-    assert (args.plans_name, args.configuration, args.intensity_properties) == ("nnUNetPlans_pretrained", None,
-                                                                                "source")
+    args = parser.parse_args(["plan-from-checkpoint", "-d", "5", "--checkpoint", "m.pth"])
+    assert (args.checkpoint, args.plans_name, args.configuration, args.intensity_properties) == (
+        "m.pth", "nnUNetPlans_pretrained", None, "source")
     assert args.func is pfc._run
+
+
+def _planned_with(monkeypatch, capsys, argv):
+    """Run the CLI with plan_from_checkpoint replaced by a recorder: (exit code, its arguments, stderr)."""
+    from nnunet_peft import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint",))
+    monkeypatch.setattr(pfc, "plan_from_checkpoint",
+                        lambda target, checkpoint, configuration=None, **kw: seen.update(
+                            target=target, checkpoint=str(checkpoint), configuration=configuration))
+    code = cli.main(["plan-from-checkpoint", "-d", "5", *argv])
+    return code, seen, capsys.readouterr().err
+
+
+def test_cli_c_is_the_configuration_and_the_checkpoint_a_long_option(monkeypatch, capsys):
+    code, seen, err = _planned_with(monkeypatch, capsys, ["--checkpoint", "m.pth", "-c", "3d_lowres"])
+    assert code == 0 and seen == {"target": "5", "checkpoint": "m.pth", "configuration": "3d_lowres"}
+    assert "DEPRECATED" not in err
+    code, seen, err = _planned_with(monkeypatch, capsys, ["--checkpoint", "m.pth", "--configuration", "2d"])
+    assert code == 0 and seen["configuration"] == "2d"
+
+
+@pytest.mark.parametrize("value", ["source.pth", "FILE"])
+def test_cli_old_c_checkpoint_spelling_works_with_a_deprecation_message(monkeypatch, capsys, tmp_path, value):
+    if value == "FILE":  # an existing file without the .pth ending is a checkpoint too
+        value = str(tmp_path / "checkpoint_final.model")
+        Path(value).write_bytes(b"")
+    code, seen, err = _planned_with(monkeypatch, capsys, ["-c", value])
+    assert code == 0 and seen == {"target": "5", "checkpoint": value, "configuration": None}
+    assert "DEPRECATED" in err and "--checkpoint" in err and "0.2.0" in err
+
+
+def test_cli_checkpoint_missing_or_given_twice_is_a_clean_error(monkeypatch, capsys):
+    code, seen, err = _planned_with(monkeypatch, capsys, ["-c", "3d_fullres"])
+    assert code == 2 and not seen and "--checkpoint" in err
+    code, seen, err = _planned_with(monkeypatch, capsys, ["-c", "a.pth", "--checkpoint", "b.pth"])
+    assert code == 2 and not seen and "-c is the configuration" in err
 
 
 # ---------------------------------------------------------------- end to end through nnU-Net

@@ -37,7 +37,7 @@ def test_other_architecture_lists_tensors_and_names_the_fix(tmp_path):
         check_pretrained_compatible(unet(), ckpt, "Dataset002_SAH")
     text = str(err.value)
     assert "encoder.stages.2.0.convs.0.conv.weight: checkpoint (32, 8, 3, 3, 3) vs network (16, 8, 3, 3, 3)" in text
-    assert f"nnunet-peft plan-from-checkpoint -d Dataset002_SAH -c {ckpt}" in text
+    assert f"nnunet-peft plan-from-checkpoint -d Dataset002_SAH --checkpoint {ckpt}" in text
     assert "nnUNetv2_move_plans_between_datasets" in text
 
 

@@ -48,7 +48,7 @@ def test_new_class_next_to_the_old_ones_and_the_old_task_after_fine_tuning(tmp_p
     run(["nnUNetv2_train", "31", "3d_fullres", "0", "-tr", STOCK, "-device", "cpu"], train_env)
     checkpoint = (root / "results" / "Dataset031_SourceAB" / f"{STOCK}__nnUNetPlans__3d_fullres" / "fold_0"
                   / "checkpoint_final.pth")
-    planned = run(["nnunet-peft", "plan-from-checkpoint", "-d", "32", "-c", str(checkpoint), "-np", "1"], env)
+    planned = run(["nnunet-peft", "plan-from-checkpoint", "-d", "32", "--checkpoint", str(checkpoint), "-np", "1"], env)
     assert "checkpoint has 3 (background, a, b), target 4 (background, a, b, c)" in planned.stdout
 
     out = root / "benchmark"

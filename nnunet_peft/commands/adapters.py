@@ -46,17 +46,23 @@ def export_adapter(model_folder: Path, out: Path, overwrite: bool = False) -> li
 
 
 def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = False,
-                  allow_other_base: bool = False) -> Path:
+                  allow_other_base: bool = False, configuration: str | None = None) -> Path:
     """Rebuild a model folder from an exported adapter and the pretrained checkpoint it was trained from.
 
     A checkpoint whose base fingerprint differs from the one each fold recorded is refused
     (``BaseMismatchError``, nothing written) unless ``allow_other_base``, which warns instead.
+    ``configuration``, when given, must be the one the adapter records (a check, not a choice).
     """
     adapter = Path(adapter)
     plans, dataset_json = read_json(adapter / "plans.json"), read_json(adapter / "dataset.json")
     folds = sorted(d for d in adapter.glob("fold_*") if (d / CONFIG_NAME).is_file())
     if not folds:
         raise FileNotFoundError(f"{adapter} holds no fold_*/{CONFIG_NAME}; expected a folder written by export-adapter")
+    if configuration is not None:
+        recorded = sorted({read_adapter_config(d).get("configuration") for d in folds})
+        if recorded != [configuration]:
+            raise ValueError(f"{adapter} was trained as configuration {', '.join(map(str, recorded))}, not "
+                             f"{configuration!r}; leave -c out (the adapter records its configuration)")
     base = load_weights(pretrained)
     with staged_folder(out, overwrite) as tmp:
         copy_folder_files(adapter, tmp)
@@ -110,9 +116,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from nnunet_peft.commands.deprecated import resolve_checkpoint
+
+    checkpoint, configuration = resolve_checkpoint(args, "apply-adapter")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BaseFingerprintWarning)
-        out = apply_adapter(Path(args.a), Path(args.c), Path(args.o), args.overwrite, args.allow_other_base)
+        out = apply_adapter(Path(args.a), Path(checkpoint), Path(args.o), args.overwrite, args.allow_other_base,
+                            configuration)
     for w in caught:
         if issubclass(w.category, BaseFingerprintWarning):
             print(f"nnunet-peft apply-adapter: WARNING: {w.message}", file=sys.stderr)
@@ -146,8 +156,13 @@ def add_parser(subparsers) -> None:
         "predicts exactly as the original (needs nnUNet_extTrainer=$(nnunet-peft trainer-dir) to predict). "
         "The checkpoint must be the base the adapter was trained on: its fingerprint is compared with the one "
         "the adapter recorded (nnunet-peft info shows both).")
-    p.add_argument("-a", required=True, metavar="ADAPTER")
-    p.add_argument("-c", required=True, metavar="PRETRAINED_CHECKPOINT")
+    p.add_argument("-a", required=True, metavar="ADAPTER", help="a folder written by export-adapter")
+    p.add_argument("--checkpoint", metavar="CHECKPOINT",
+                   help="the pretrained checkpoint (.pth) the adapter was trained from (required; the old spelling "
+                   "'-c CHECKPOINT' still works, with a deprecation message, until 0.2.0)")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="optional check: the configuration (e.g. 3d_fullres) the adapter must have been trained as; "
+                   "the adapter records it")
     p.add_argument("-o", required=True, metavar="MODEL_FOLDER")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-other-base", action="store_true",
@@ -158,7 +173,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "merge", help="fold the adapters into the kernels: a model folder stock nnU-Net predicts with",
         description="Write a model folder of stock nnUNetTrainer checkpoints (W0 + dW), every fold of MODEL_FOLDER, "
-        "for nnUNetv2_predict_from_modelfolder without the plugin. HyPS cannot be merged (its serial adapter).")
+        "for nnUNetv2_predict_from_modelfolder without the plugin. HyPS is refused: its serial adapter acts on "
+        "activations and has no kernel to fold into (share it with export-adapter / apply-adapter).")
     p.add_argument("-m", required=True, metavar="MODEL_FOLDER")
     p.add_argument("-o", required=True, metavar="MERGED_FOLDER")
     p.add_argument("--overwrite", action="store_true")

@@ -349,7 +349,7 @@ class Demo:
     def _plan_target(self, log_file: Path) -> dict:
         rs = self.rs
         run_logged([sys.executable, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", str(TARGET_ID),
-                    "-c", str(rs.source_checkpoint), "-p", TARGET_PLANS, "-np", str(rs.num_processes),
+                    "--checkpoint", str(rs.source_checkpoint), "-p", TARGET_PLANS, "-np", str(rs.num_processes),
                     "--verify-dataset-integrity", "--overwrite"],
                    log_file, self.env, "plan the target from the checkpoint")
         return {}

@@ -66,6 +66,6 @@ def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_na
             f"the pretrained checkpoint {path} does not match the network planned for {dataset_name} "
             f"({len(problems)} mismatching tensors), first:\n  {shown}\n"
             f"The target must be planned with the checkpoint's architecture. Run\n"
-            f"  nnunet-peft plan-from-checkpoint -d {dataset_name} -c {path}\n"
+            f"  nnunet-peft plan-from-checkpoint -d {dataset_name} --checkpoint {path}\n"
             "and train with the plans it prints (-p nnUNetPlans_pretrained), or, if you have the source's "
             "preprocessed folder, nnUNetv2_move_plans_between_datasets.")
