@@ -470,3 +470,31 @@ def test_format_info_aligns_fields():
     text = format_info({"path": "p", "fields": [("kind", "x"), ("base fingerprint", "y")],
                         "folds": [{"name": "fold_0", "fields": [("a", "b")]}]})
     assert text.splitlines() == ["p", "  kind:               x", "  base fingerprint:   y", "  fold_0", "    a:                b"]
+
+
+def test_apply_adapter_rebuilds_a_model_whose_first_convolution_took_other_channels(tmp_path):
+    """A chzero/chrepeat/chcopy run trains its first convolution for the target's channels: the adapter file
+    carries it whole, so the checkpoint's first kernel (other channel count) must give way to it."""
+    import dataclasses
+
+    one_channel = dataclasses.replace(SPEC, in_channels=1)
+    source = save_checkpoint(pretrained_network(one_channel, seed=0), tmp_path / "source_1ch.pth", epoch=16)
+    trainer = "nnUNetTrainerCPLoRA_r2_a4_chzero"
+    net = pretrained_network(SPEC, seed=5)
+    base = torch.load(source, weights_only=False)["network_weights"]
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in base.items() if own[k].shape == v.shape}, strict=False)
+    inject_adapters(net, parse_trainer_name(trainer).peft_config())
+    perturb_([p for p in net.parameters() if p.requires_grad], seed=3)
+    model = tmp_path / "results" / "Dataset077_Tiny" / f"{trainer}__nnUNetPlans_pretrained__{CONFIGURATION}"
+    model.mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(tiny_plans()), encoding="utf-8")
+    (model / "dataset.json").write_text(json.dumps(DATASET_JSON), encoding="utf-8")
+    save_checkpoint(net, model / "fold_0" / CHECKPOINT, trainer, 0, epoch=6)
+    export_adapter(model, tmp_path / "shared")
+
+    apply_adapter(tmp_path / "shared", source, tmp_path / "applied")
+    rebuilt = torch.load(tmp_path / "applied" / "fold_0" / CHECKPOINT, weights_only=False)["network_weights"]
+    trained = torch.load(model / "fold_0" / CHECKPOINT, weights_only=False)["network_weights"]
+    assert rebuilt.keys() == trained.keys() and all(torch.equal(rebuilt[k], trained[k]) for k in trained)
+

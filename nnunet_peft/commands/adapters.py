@@ -69,8 +69,10 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
         for fold_dir in folds:
             meta = read_adapter_config(fold_dir)
             network = build_network(STOCK_TRAINER, plans, dataset_json, meta["configuration"])
-            check_pretrained_compatible(network, pretrained, plans.get("dataset_name", "TARGET"))
-            network.load_state_dict({k: v for k, v in base.items() if HEAD_KEY not in k}, strict=False)
+            replaced = _rebuilt_in_full(network, fold_dir)
+            check_pretrained_compatible(network, pretrained, plans.get("dataset_name", "TARGET"), replaced=replaced)
+            network.load_state_dict({k: v for k, v in base.items() if HEAD_KEY not in k and k not in replaced},
+                                    strict=False)
             load_adapter(network, fold_dir, allow_other_base=allow_other_base, base_name=str(pretrained))
             (tmp / fold_dir.name).mkdir()
             torch.save(checkpoint_dict(network.state_dict(), meta["trainer_name"], plans, dataset_json,
@@ -78,6 +80,20 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
                                        _axes(meta.get("inference_allowed_mirroring_axes"))),
                        tmp / fold_dir.name / CHECKPOINT)
     return Path(out)
+
+
+def _rebuilt_in_full(network: torch.nn.Module, fold_dir: Path) -> set[str]:
+    """Keys of the stock ``network`` that the adapter file carries whole, heads aside: a first convolution
+    rebuilt for the target's input channels (chzero/chrepeat/chcopy) trains in full, so the checkpoint's
+    kernel, of the source's channel count, must give way to the file's. Every alias of such a tensor is
+    included (nnU-Net registers its convolutions twice)."""
+    from safetensors import safe_open
+
+    with safe_open(str(fold_dir / WEIGHTS_NAME), framework="pt") as f:
+        names = set(f.keys())
+    state = network.state_dict(keep_vars=True)
+    carried = {id(state[k]) for k in names if k in state}
+    return {k for k, v in state.items() if id(v) in carried and HEAD_KEY not in k}
 
 
 def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -44,8 +45,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_name: str = "TARGET",
-                                weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Raise a ValueError listing the first mismatching tensors if ``path`` (or its ``weights``) does not fit ``network``."""
+                                weights: dict[str, torch.Tensor] | None = None, replaced: Iterable[str] = ()) -> None:
+    """Raise a ValueError listing the first mismatching tensors if ``path`` (or its ``weights``) does not fit ``network``.
+
+    ``replaced``: keys of ``network.state_dict()`` whose value comes from elsewhere (an adapter file that
+    carries a rebuilt first convolution), so the checkpoint's shape for them does not matter.
+    """
+    replaced = set(replaced)
     weights = load_weights(path) if weights is None else weights
     if any(".base_layer." in k for k in weights):
         raise ValueError(
@@ -54,7 +60,7 @@ def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_na
             "<merged folder>/fold_K/checkpoint_final.pth as -pretrained_weights.")
     problems = []
     for key, value in network.state_dict().items():
-        if HEAD_KEY in key:
+        if HEAD_KEY in key or key in replaced:
             continue
         if key not in weights:
             problems.append(f"{key}: missing from the checkpoint (network has {tuple(value.shape)})")
