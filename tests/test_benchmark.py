@@ -21,7 +21,7 @@ from nnunet_peft.evaluation.collect import count_parameters, mean_epoch_time, ru
 from nnunet_peft.evaluation.trainer_names import choose_reference, parse_trainer_name
 
 DATASET = "Dataset042_Toy"
-CONFIG, PLANS = "3d_fullres", "nnUNetPlans"
+CONFIG, PLANS = "3d_fullres", "nnUNetPlans_pretrained"  # the default -p: what plan-from-checkpoint writes
 FINETUNE, LORA, STOCK = "nnUNetTrainerFinetune", "nnUNetTrainerCPLoRA_dec_r4_a4", "nnUNetTrainer"
 NO_FINETUNE = "nnUNetTrainerNoFinetune"
 SPACING_XYZ = (0.5, 1.0, 2.0)  # SimpleITK order; numpy (z, y, x) spacing is (2, 1, 0.5)
@@ -422,3 +422,12 @@ def test_report_shows_convergence_from_the_training_log(tree: Path, tmp_path: Pa
     assert "| NoFinetune | 2 | 0 | n/a | 0: n/a, 1: n/a | n/a | n/a |" in section
     assert "counted from 1" in section and "](curves.png)" in section
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_defaults_are_what_plan_from_checkpoint_writes_and_five_folds():
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["benchmark", "-d", "5", "-c", CONFIG, "--trainers", LORA])
+    assert args.plans == "nnUNetPlans_pretrained" and args.folds == ["0", "1", "2", "3", "4"]
+    text = parser._subparsers._group_actions[0].choices["benchmark"].format_help()
+    assert "not the fold ensemble" in text and "train from scratch" in text

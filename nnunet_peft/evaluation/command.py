@@ -14,7 +14,8 @@ nnU-Net's own nnUNetv2_train (plugin trainers nnUNetTrainer<Method>_... start fr
 nnU-Net's own trainers, e.g. nnUNetTrainer, train from scratch), runs that already finished are
 skipped, interrupted ones continue from their latest checkpoint. Then the validation predictions
 nnU-Net wrote (and, with --test-images/--test-labels, one prediction of the test set per fold) are
-scored against the reference labels: Dice and HD95 per label, volumes, Dice by reference-volume
+scored against the reference labels (raw predictions: no postprocessing, as nnU-Net's own
+validation summary): Dice and HD95 per label, volumes, Dice by reference-volume
 bin, volume agreement, a paired Wilcoxon test against the Finetune trainer, trainable
 parameters, adapter size, time per epoch and GPU memory, and from nnU-Net's training log whether
 each schedule converged (the epoch at which the moving-average pseudo-Dice reached 95% of its final
@@ -23,6 +24,15 @@ costs.csv, convergence.csv, curves.csv (every epoch of every run), report.md and
 
 Needs nnUNet_results (and nnUNet_preprocessed or nnUNet_raw for the reference labels) in the
 environment, as nnU-Net does. nnUNet_extTrainer is set for the subprocesses.
+
+Test scores are per fold: each fold's model predicts the test set on its own (nnUNetv2_predict
+-f K), so the report shows the spread over folds. They are not the score of the fold ensemble that
+nnU-Net users predict with (nnUNetv2_predict -f 0 1 2 3 4, usually a little better), and no
+postprocessing is applied. For the ensemble's score: predict with all folds and score the folder
+with nnUNetv2_evaluate_folder.
+
+Default folds 0 1 2 3 4 (nnU-Net's five-fold split), default plans nnUNetPlans_pretrained (what
+plan-from-checkpoint writes), default output $nnUNet_results/DATASET/peft_benchmark_PLANS_CONFIG.
 
 For a cluster: --jobs-only prints one command per unfinished run; submit them, then run the same
 command line with --collect-only to predict the test set and write the report."""
@@ -34,9 +44,12 @@ def add_parser(subparsers) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", required=True, help="target dataset name or id, as for nnUNetv2_train")
     p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans_pretrained",
+                   help="plans identifier (default: nnUNetPlans_pretrained, what plan-from-checkpoint writes)")
     p.add_argument("--trainers", "-tr", nargs="+", required=True, metavar="NAME",
-                   help="trainer names, e.g. nnUNetTrainerFinetune nnUNetTrainerCPLoRA_dec_r64_a64 nnUNetTrainer")
+                   help="trainer names, e.g. nnUNetTrainerFinetune nnUNetTrainerCPLoRA_dec_r64_a64 nnUNetTrainer. "
+                   "nnU-Net's own trainers (nnUNetTrainer, nnUNetTrainer_250epochs, ...) get no -pretrained_weights: "
+                   "they train from scratch (the baseline without pretraining), as does nnUNetTrainerFinetune_scratch")
     p.add_argument("--pretrained", type=Path, metavar="CKPT",
                    help="pretrained checkpoint given to plugin trainers as -pretrained_weights")
     p.add_argument("--folds", "-f", nargs="+", default=["0", "1", "2", "3", "4"],
@@ -49,7 +62,8 @@ def add_parser(subparsers) -> None:
     mode.add_argument("--collect-only", action="store_true",
                       help="train nothing; evaluate the runs that finished and write the report")
     p.add_argument("--test-images", type=Path, metavar="DIR",
-                   help="held-out images (nnU-Net input layout CASE_0000.nii.gz), predicted with each fold")
+                   help="held-out images (nnU-Net input layout CASE_0000.nii.gz), predicted with each fold's model "
+                   "separately (scores per fold, not the fold ensemble; not postprocessed)")
     p.add_argument("--test-labels", type=Path, metavar="DIR", help="their reference labels CASE.nii.gz")
     p.add_argument("--source-test-images", type=Path, metavar="DIR",
                    help="a test set of the --pretrained checkpoint's own (old) task, predicted with each model of "
@@ -145,7 +159,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         rows += collect.collect_test(test_runs, folders, args.test_labels, labels, file_ending,
                                      args.num_processes)
         notes.append(f"Test set predicted by the model of fold(s) {' '.join(map(str, test_folds))} of each "
-                     f"method{'' if experiment.test_time_mirroring else ', without test-time mirroring'}.")
+                     f"method{'' if experiment.test_time_mirroring else ', without test-time mirroring'}, each fold "
+                     "on its own (not the fold ensemble) and without postprocessing.")
     if args.source_test_images is not None:
         from nnunet_peft.evaluation.old_task import old_task_check
 
