@@ -62,3 +62,24 @@ def run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+_STOCK_TRAINER = '''
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class {name}(nnUNetTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = {epochs}, {iterations}, 1
+'''
+
+
+def stock_trainer_folder(root: Path, name: str, epochs: int, iterations: int) -> Path:
+    """A folder for nnUNet_extTrainer holding one stock nnUNetTrainer with a tiny schedule: the end-to-end
+    tests pretrain their 'received' checkpoints with nnU-Net's own trainer, as a user's would be."""
+    folder = root / "stock_trainers"
+    folder.mkdir()
+    (folder / f"{name.lower()}.py").write_text(_STOCK_TRAINER.format(name=name, epochs=epochs, iterations=iterations))
+    return folder

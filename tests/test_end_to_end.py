@@ -16,30 +16,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_tiny import make_dataset, nnunet_env, run, training_env
+from nnunet_tiny import make_dataset, nnunet_env, run, stock_trainer_folder, training_env
 
 pytestmark = pytest.mark.slow
 
 PEFT = "nnUNetTrainerCPLoRA_r4_2ep_3it"
 STOCK = "nnUNetTrainerTinyStock"
-STOCK_TRAINER_MODULE = '''
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class nnUNetTrainerTinyStock(nnUNetTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 3, 1
-'''
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    stock_dir = root / "stock_trainers"
-    stock_dir.mkdir()
-    (stock_dir / "tiny_stock_trainer.py").write_text(STOCK_TRAINER_MODULE)
+    stock_dir = stock_trainer_folder(root, STOCK, epochs=1, iterations=3)
     env = nnunet_env(root)
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(stock_dir)])
     make_dataset(root / "raw", 21, "Source", 6, seed=0)

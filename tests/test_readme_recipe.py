@@ -8,7 +8,6 @@ the run block verbatim with bash. A step that no longer matches the code fails h
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -16,22 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_tiny import make_dataset, nnunet_env, run, training_env
+from nnunet_tiny import make_dataset, nnunet_env, run, stock_trainer_folder, training_env
 
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STOCK = "nnUNetTrainerTinyStockRecipe"
-STOCK_TRAINER_MODULE = '''
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class nnUNetTrainerTinyStockRecipe(nnUNetTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 3, 1
-'''
 
 
 def recipe_blocks(text: str) -> tuple[str, str]:
@@ -61,9 +50,7 @@ def test_recipe_blocks_are_found_and_name_what_a_user_sets():
 def test_readme_recipe_runs_as_printed(tmp_path):
     settings, commands = recipe_blocks(README.read_text(encoding="utf-8"))
     root = tmp_path
-    stock_dir = root / "stock_trainers"
-    stock_dir.mkdir()
-    (stock_dir / "tiny_stock_trainer_recipe.py").write_text(STOCK_TRAINER_MODULE)
+    stock_dir = stock_trainer_folder(root, STOCK, epochs=1, iterations=3)
     env = nnunet_env(root)
     env["nnUNet_extTrainer"] = str(stock_dir)  # the recipe exports the plugin's folder itself (step 4)
 

@@ -13,30 +13,18 @@ import os
 
 import pytest
 
-from nnunet_tiny import make_dataset, nnunet_env, run, training_env
+from nnunet_tiny import make_dataset, nnunet_env, run, stock_trainer_folder, training_env
 
 pytestmark = pytest.mark.slow
 
 PEFT = "nnUNetTrainerCPLoRA_r4_2ep_4it"
 BASELINE = "nnUNetTrainerNoFinetune"
 STOCK = "nnUNetTrainerTinyStockAB"
-STOCK_TRAINER_MODULE = '''
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class nnUNetTrainerTinyStockAB(nnUNetTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 10, 1
-'''
 
 
 def test_new_class_next_to_the_old_ones_and_the_old_task_after_fine_tuning(tmp_path):
     root = tmp_path
-    stock_dir = root / "stock_trainers"
-    stock_dir.mkdir()
-    (stock_dir / "tiny_stock_trainer_ab.py").write_text(STOCK_TRAINER_MODULE)
+    stock_dir = stock_trainer_folder(root, STOCK, epochs=2, iterations=10)
     env = nnunet_env(root)
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(stock_dir)])
     train_env = training_env(env)

@@ -26,7 +26,7 @@ import numpy as np
 
 from nnunet_peft.evaluation import collect
 from nnunet_peft.evaluation.metrics import case_metrics, read_segmentation
-from nnunet_peft.evaluation.runs import Experiment, Run
+from nnunet_peft.evaluation.runs import Experiment, Run, prediction_options
 from nnunet_peft.training.transfer import (channel_names, label_map_from_env, map_classes, output_class_names,
                                            read_source)
 
@@ -58,14 +58,7 @@ def base_predict_command(experiment: Experiment, checkpoint: Path, images: Path,
     command = ["nnUNetv2_predict_from_modelfolder", "-i", str(images), "-o", str(output),
                "-m", str(checkpoint.parent.parent), "-f", checkpoint.parent.name[len("fold_"):],
                "-chk", checkpoint.name]
-    if experiment.device is not None:
-        command += ["-device", experiment.device]
-    if not experiment.test_time_mirroring:
-        command.append("--disable_tta")
-    if experiment.predict_processes is not None:
-        n = str(experiment.predict_processes)
-        command += ["-npp", n, "-nps", n]
-    return command
+    return command + prediction_options(experiment)
 
 
 def _predict_base(experiment: Experiment, images: Path, destination: Path, cases: list[str], file_ending: str,

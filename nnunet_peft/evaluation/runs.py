@@ -105,14 +105,18 @@ def predict_command(experiment: Experiment, run: Run, images: Path, output: Path
     command = ["nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", experiment.dataset,
                "-c", experiment.configuration, "-p", experiment.plans, "-tr", run.trainer.name,
                "-f", str(run.fold)]
-    if experiment.device is not None:
-        command += ["-device", experiment.device]
+    return command + prediction_options(experiment)
+
+
+def prediction_options(experiment: Experiment) -> list[str]:
+    """What every test-set prediction of the benchmark shares: device, mirroring and worker counts."""
+    options = [] if experiment.device is None else ["-device", experiment.device]
     if not experiment.test_time_mirroring:
-        command.append("--disable_tta")
+        options.append("--disable_tta")
     if experiment.predict_processes is not None:
         n = str(experiment.predict_processes)
-        command += ["-npp", n, "-nps", n]
-    return command
+        options += ["-npp", n, "-nps", n]
+    return options
 
 
 def job_line(command: Sequence[str], env: dict[str, str]) -> str:
