@@ -234,7 +234,7 @@ def test_allow_other_base_loads_and_warns(tmp_path):
 def test_adapter_without_a_fingerprint_loads_with_a_warning(tmp_path):
     save_adapter(trained_network(), tmp_path / "adapter")
     config = tmp_path / "adapter" / CONFIG_NAME
-    record = json.loads(config.read_text())
+    record = json.loads(config.read_text(encoding="utf-8"))
     del record[FINGERPRINT_KEY]  # as written by an older nnunet-peft
     config.write_text(json.dumps(record))
     with pytest.warns(BaseFingerprintWarning, match="cannot be checked"):
@@ -315,7 +315,7 @@ def test_apply_adapter_warns_for_an_old_export(tmp_path, capsys):
     model = results_folder(tmp_path, folds=(0,), dice=None)
     export_adapter(model, tmp_path / "shared")
     config = tmp_path / "shared" / "fold_0" / CONFIG_NAME
-    record = json.loads(config.read_text())
+    record = json.loads(config.read_text(encoding="utf-8"))
     del record[FINGERPRINT_KEY]
     config.write_text(json.dumps(record))
     code, out, err = run_cli(["apply-adapter", "-a", tmp_path / "shared", "--checkpoint", source_checkpoint(tmp_path),
@@ -366,7 +366,7 @@ def test_info_on_an_adapter_folder(tmp_path, capsys):
 def test_info_on_an_old_adapter_folder_says_the_base_cannot_be_checked(tmp_path, capsys):
     save_adapter(trained_network(), tmp_path / "adapter")
     config = tmp_path / "adapter" / CONFIG_NAME
-    record = json.loads(config.read_text())
+    record = json.loads(config.read_text(encoding="utf-8"))
     for key in (FINGERPRINT_KEY, "network_class", "trainable_parameters", "total_parameters"):
         del record[key]
     config.write_text(json.dumps(record))

@@ -165,7 +165,7 @@ def test_report_from_finished_runs(tree: Path, tmp_path: Path):
     bins = pd.read_csv(report / "volume_bins.csv")
     assert set(bins["volume_bin"]) == {"< 0.0517 mL", "0.0517-0.155 mL", ">= 0.155 mL"}  # terciles by hand
     assert (bins["n"] == 2).all()
-    markdown = (report / "report.md").read_text()
+    markdown = (report / "report.md").read_text(encoding="utf-8")
     assert "p vs Finetune" in markdown and "| CPLoRA_dec_r4_a4 | 6 | 0.735 +- 0.133" in markdown
     assert "4.0 KiB" in markdown and "Dice by reference volume" in markdown
     for png in ("dice_box_val.png", "dice_vs_volume_val.png", "dice_vs_params_val.png"):
@@ -181,7 +181,7 @@ def test_explicit_volume_bins_and_rerun_replaces_report(tree: Path, tmp_path: Pa
     bins = pd.read_csv(out / "report" / "volume_bins.csv")
     # reference volumes 0.008, 0.027 | 0.064, 0.125, 0.216, 0.343 mL
     assert bins.groupby("volume_bin")["n"].first().to_dict() == {"< 0.05 mL": 2, ">= 0.05 mL": 4}
-    assert "No paired test" in (out / "report" / "report.md").read_text()
+    assert "No paired test" in (out / "report" / "report.md").read_text(encoding="utf-8")
     (out / "report" / "stale.txt").write_text("from an earlier run")
     assert _benchmark(argv) == 0
     assert not (out / "report" / "stale.txt").exists()
@@ -267,7 +267,7 @@ def test_test_set_is_predicted_per_fold_and_tagged(tree: Path, tmp_path: Path, m
     cases = pd.read_csv(out / "report" / "cases.csv")
     test = cases[cases["split"] == "test"]
     assert len(test) == 2 * 2 * 2 and test["dice"].to_numpy() == pytest.approx(2 / 3)
-    assert "## Held-out test set" in (out / "report" / "report.md").read_text()
+    assert "## Held-out test set" in (out / "report" / "report.md").read_text(encoding="utf-8")
     # a second collection reuses the complete prediction folders
     recorder.calls.clear()
     assert _benchmark(["-d", DATASET, "-c", CONFIG, "--trainers", FINETUNE, LORA, "--folds", "0", "1",
@@ -294,7 +294,7 @@ def test_test_folds_limit_which_models_predict_the_test_set(tree: Path, tmp_path
     assert folds == ["1", "1"] and all("--disable_tta" in c for c, _ in recorder.calls)
     test = pd.read_csv(out / "report" / "cases.csv").query("split == 'test'")
     assert sorted(set(test["fold"].astype(str))) == ["1"] and len(test) == 2
-    assert "fold(s) 1 of each method, without test-time mirroring" in (out / "report" / "report.md").read_text()
+    assert "fold(s) 1 of each method, without test-time mirroring" in (out / "report" / "report.md").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="--test-folds 2 must be among --folds 0 1"):
         _benchmark(common + ["--out", str(tmp_path / "b2"), "--test-folds", "2"])
 
@@ -340,7 +340,7 @@ def test_missing_results_are_noted_in_the_report(tree: Path, tmp_path: Path):
     out = tmp_path / "bench"
     assert _benchmark(["-d", DATASET, "-c", CONFIG, "--trainers", FINETUNE, STOCK, "--folds", "0", "4",
                        "--collect-only", "--out", str(out), "-np", "1"]) == 0
-    markdown = (out / "report" / "report.md").read_text()
+    markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
     assert f"{STOCK} fold 4: not finished" in markdown
 
 
@@ -413,7 +413,7 @@ def test_report_shows_convergence_from_the_training_log(tree: Path, tmp_path: Pa
     assert list(stock["val_loss"]) == pytest.approx([-0.05, -0.1, -0.15])
     assert list(stock["lr"]) == pytest.approx([0.01, 0.01 * (2 / 3) ** 0.9, 0.01 * (1 / 3) ** 0.9])
 
-    markdown = (report / "report.md").read_text()
+    markdown = (report / "report.md").read_text(encoding="utf-8")
     section = markdown[markdown.index("## Convergence"):]
     finals = [_ema(d)[-1] for d in PSEUDO_DICE.values()]
     ema = f"{np.mean(finals):.3f} +- {np.std(finals, ddof=1):.3f}"

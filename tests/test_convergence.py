@@ -101,5 +101,5 @@ def test_report_without_training_logs_has_no_convergence_section(tmp_path: Path)
     rows = [{"method": "A", "case": "c", "label": "1", "dice": 0.5, "hd95_mm": 1.0, "ref_volume_ml": 1.0,
              "pred_volume_ml": 1.0}]
     path = report.write_report(tmp_path / "r", rows, [{"method": "A"}])
-    assert "## Convergence" not in path.read_text()
+    assert "## Convergence" not in path.read_text(encoding="utf-8")
     assert not (tmp_path / "r" / "curves.csv").exists() and not (tmp_path / "r" / "convergence.csv").exists()

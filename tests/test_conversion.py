@@ -158,13 +158,13 @@ def test_paired_writes_nnunet_raw_with_mapping_splits_and_summary(folders, capsy
     assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == [f"sah{i:02d}_0000.nii.gz" for i in range(4)]
     assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == [f"sah{i:02d}.nii.gz" for i in range(4)]
     assert [p.name for p in (ds / "imagesTs").iterdir()] == ["extra_0000.nii.gz"]
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "sah": 1} and meta["channel_names"] == {"0": "CT"}
     assert meta["numTraining"] == 4 and meta["file_ending"] == ".nii.gz"
     label = read(ds / "labelsTr" / "sah03.nii.gz")
     assert sorted(np.unique(label)) == [0, 1] and int(label.sum()) == 4 * 8  # 1 + three 2-blocks merged
     np.testing.assert_array_equal(read(ds / "imagesTr" / "sah02_0000.nii.gz"), image(2))
-    splits = json.loads((pre / "Dataset017_SAH" / "splits_final.json").read_text())
+    splits = json.loads((pre / "Dataset017_SAH" / "splits_final.json").read_text(encoding="utf-8"))
     assert len(splits) == 2 and sorted(splits[0]["val"] + splits[1]["val"]) == [f"sah{i:02d}" for i in range(4)]
     # 8 voxels of 2 mm^3 = 0.016 mL per block: min 1 block, median 2.5 blocks, max 4 blocks
     line = next(ln for ln in out.splitlines() if "sah" in ln and "mL" not in ln and "written" not in ln)
@@ -296,7 +296,7 @@ def test_inferred_labels_must_be_consecutive(folders, capsys) -> None:
     assert_nothing_written(raw)
     code, _, err = convert(capsys, "paired", src, "--labels", "1->1;3->2")
     assert code == 0, err
-    meta = json.loads((raw / "Dataset001_src" / "dataset.json").read_text())
+    meta = json.loads((raw / "Dataset001_src" / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "label_1": 1, "label_2": 2}
 
 
@@ -372,7 +372,7 @@ def test_stratified_folds_from_the_command_line(folders, capsys) -> None:
     src, pre = folders["src"], folders["pre"]
     make_paired(src, 6)  # volumes grow with the case number
     assert convert(capsys, "paired", src, "-n", "S", "--folds", "3", "--stratify-volume")[0] == 0
-    splits = json.loads((pre / "Dataset001_S" / "splits_final.json").read_text())
+    splits = json.loads((pre / "Dataset001_S" / "splits_final.json").read_text(encoding="utf-8"))
     for s in splits:  # one of the three smaller and one of the three larger cases per fold
         assert sorted(int(c[-2:]) // 3 for c in s["val"]) == [0, 1]
 
@@ -489,7 +489,7 @@ def test_ct_ich(folders, capsys) -> None:
     ds = raw / "Dataset001_CTICH"
     assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == ["049.nii.gz", "051.nii.gz"]
     assert np.unique(read(ds / "labelsTr" / "049.nii.gz")).tolist() == [0, 1]
-    assert json.loads((ds / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["channel_names"] == {"0": "CT"}
 
 
 def test_ct_ich_cross_checks_the_csv(folders, capsys) -> None:
@@ -542,7 +542,7 @@ def test_bhsd_subtypes(folders, capsys, layout, args, labels, expected) -> None:
     code, _, err = convert(capsys, "bhsd", src, *args)
     assert code == 0, err
     ds = raw / "Dataset001_BHSD"
-    assert json.loads((ds / "dataset.json").read_text())["labels"] == labels
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["labels"] == labels
     out = read(ds / "labelsTr" / "ID_1.nii.gz")
     assert [int(out[1, 1, 2 * i]) for i in range(5)] == expected
 
@@ -576,7 +576,7 @@ def test_msd_splits_4d_channels_skips_resource_forks_and_tolerates_no_imagesTs(f
     assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == [
         "prostate_01_0000.nii.gz", "prostate_01_0001.nii.gz", "prostate_02_0000.nii.gz", "prostate_02_0001.nii.gz"]
     np.testing.assert_array_equal(read(ds / "imagesTr" / "prostate_02_0001.nii.gz"), image(12))
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "m0", "1": "m1"} and meta["labels"] == {"background": 0, "PZ": 1, "TZ": 2}
     assert not (ds / "imagesTs").exists()
 
@@ -593,7 +593,7 @@ def test_msd_without_dataset_json(folders, capsys) -> None:
 def test_msd_channel_count_must_match_the_files(folders, capsys) -> None:
     src, raw = folders["src"] / "Task05_Prostate", folders["raw"]
     make_msd(src, channels=2)
-    meta = json.loads((src / "dataset.json").read_text())
+    meta = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
     meta["modality"] = {"0": "T2", "1": "ADC", "2": "DWI"}
     (src / "dataset.json").write_text(json.dumps(meta))
     code, _, err = convert(capsys, "msd", src)
@@ -619,7 +619,7 @@ def test_harp_minc_images_and_float_side_labels(folders, capsys, sides, labels, 
     code, out, err = convert(capsys, "harp", src, "--sides", sides)
     assert code == 0, err
     ds = raw / "Dataset001_HarP"
-    assert json.loads((ds / "dataset.json").read_text())["labels"] == labels
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["labels"] == labels
     out_mask = read(ds / "labelsTr" / "ADNI_002_S_0295.nii.gz")
     assert int(out_mask[1, 1, 0]) == 1 and int(out_mask[1, 1, 4]) == right_value
     assert int((out_mask > 0).sum()) == 16
@@ -676,7 +676,7 @@ def test_lpba40_default_keeps_the_hippocampus_labels(folders, capsys) -> None:
     src, raw = folders["src"], folders["raw"]
     make_lpba40(src)
     assert convert(capsys, "lpba40", src)[0] == 0
-    meta = json.loads((raw / "Dataset001_LPBA40" / "dataset.json").read_text())
+    meta = json.loads((raw / "Dataset001_LPBA40" / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "left": 1, "right": 2}  # as before --structures, and as harp's
 
 
@@ -695,7 +695,7 @@ def test_lpba40_nifti_and_structures_by_name_and_code(folders, capsys, sides, la
     assert code == 0, err
     ds = raw / "Dataset001_LPBA40"
     assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == ["S01.nii.gz", "S02.nii.gz"]
-    assert json.loads((ds / "dataset.json").read_text())["labels"] == labels
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["labels"] == labels
     out = read(ds / "labelsTr" / "S02.nii.gz")
     assert [int(out[1, 1, 2 * i]) for i in range(5)] == expected
     np.testing.assert_array_equal(read(ds / "imagesTr" / "S02_0000.nii.gz"), image(1))
@@ -745,7 +745,7 @@ def test_lpba40_split_sides_makes_cropped_per_side_cases_in_grouped_folds(folder
     source = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "images" / "S03.delineation.skullstripped.nii.gz")))
     np.testing.assert_array_equal(read(ds / "imagesTr" / "S03R_0000.nii.gz"), source[3:7, 7:14, 18:26])
     assert np.allclose(sitk.ReadImage(str(ds / "imagesTr" / "S03R_0000.nii.gz")).GetOrigin(), (9.0, 14.0, 3.0))
-    splits = json.loads((pre / "Dataset001_LPBA40" / "splits_final.json").read_text())
+    splits = json.loads((pre / "Dataset001_LPBA40" / "splits_final.json").read_text(encoding="utf-8"))
     for fold in splits:
         assert sorted(fold["train"] + fold["val"]) == ids
         for subject in range(1, 5):  # both sides of a subject on the same side of every split
@@ -811,7 +811,7 @@ def test_brats2021_follows_dataset137(folders, capsys) -> None:
     code, out, err = convert(capsys, "brats2021", src, dataset_id=137)
     assert code == 0, err
     ds = raw / "Dataset137_BraTS2021"
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
                               "enhancing tumor": [3]}
     assert meta["regions_class_order"] == [1, 2, 3]

@@ -63,7 +63,7 @@ def test_msd_hippocampus_sample(converted) -> None:
     expected = sorted(p.name[: -len(".nii.gz")] for p in (MSD / "labelsTr").glob("hippocampus_*.nii.gz"))[:N_MSD_CASES]
     assert result.training_cases == expected
     assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in expected]
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
     assert meta["numTraining"] == N_MSD_CASES and meta["channel_names"] == {"0": "MRI"}
     case = expected[0]
@@ -74,7 +74,7 @@ def test_msd_hippocampus_sample(converted) -> None:
     # real hippocampus parts measure between 0.5 and 5 mL
     for per_case in result.volumes_ml.values():
         assert all(0.5 < v < 5.0 for v in per_case.values())
-    splits = json.loads((converted["pre"] / ds.name / "splits_final.json").read_text())
+    splits = json.loads((converted["pre"] / ds.name / "splits_final.json").read_text(encoding="utf-8"))
     assert sorted(splits[0]["val"] + splits[1]["val"]) == expected
 
 
@@ -106,7 +106,7 @@ def test_nnunet_verifies_and_preprocesses_the_converted_datasets(converted) -> N
     raw, pre = converted["raw"], converted["pre"]
     env = os.environ | {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
                         "nnUNet_results": str(raw.parent / "nnUNet_results"), "OMP_NUM_THREADS": "1"}
-    splits_before = (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text()
+    splits_before = (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text(encoding="utf-8")
     run = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "4", "5", "--verify_dataset_integrity",
                           "-c", "3d_fullres", "-np", "1", "--no_pbar"],
                          env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
@@ -114,11 +114,11 @@ def test_nnunet_verifies_and_preprocesses_the_converted_datasets(converted) -> N
     assert run.stdout.count("verify_dataset_integrity Done") == 2
     assert "Error" not in run.stdout and "Warning" not in run.stdout, run.stdout[-3000:]
     for name, n in (("Dataset004_Hippocampus", N_MSD_CASES), ("Dataset005_DicomMRI", 2)):
-        plans = json.loads((pre / name / "nnUNetPlans.json").read_text())
+        plans = json.loads((pre / name / "nnUNetPlans.json").read_text(encoding="utf-8"))
         assert "3d_fullres" in plans["configurations"]
         assert len(list((pre / name / "nnUNetPlans_3d_fullres").glob("*.pkl"))) == n
     # nnU-Net keeps the splits the converter wrote
-    assert (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text() == splits_before
+    assert (pre / "Dataset004_Hippocampus" / "splits_final.json").read_text(encoding="utf-8") == splits_before
 
 
 @needs_lpba40
@@ -137,7 +137,7 @@ def test_lpba40_hippocampus_crops_per_side(tmp_path: Path) -> None:
     ids = [f"{s}{side}" for s in subjects for side in "LR"]
     assert result.training_cases == ids and result.groups == {c: c[:3] for c in ids}
     ds = result.dataset_dir
-    assert json.loads((ds / "dataset.json").read_text())["labels"] == {"background": 0, "hippocampus": 1}
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["labels"] == {"background": 0, "hippocampus": 1}
     for subject, side, code in (("S02", "L", 165), ("S04", "R", 166)):
         source_label = sitk.ReadImage(str(src / "labels" / f"{subject}.delineation.structure.label.nii.gz"))
         source_image = sitk.ReadImage(str(src / "images" / f"{subject}.delineation.skullstripped.nii.gz"))
@@ -156,5 +156,5 @@ def test_lpba40_hippocampus_crops_per_side(tmp_path: Path) -> None:
                                                                                low[0]:high[0]])
     # one hippocampus measures 2 to 6 mL in LPBA40's generous delineations
     assert all(2.0 < v < 6.0 for v in result.volumes_ml[1].values())
-    splits = json.loads((pre / ds.name / "splits_final.json").read_text())
+    splits = json.loads((pre / ds.name / "splits_final.json").read_text(encoding="utf-8"))
     assert sorted(sorted(s["val"]) for s in splits) == [[f"{s}L", f"{s}R"] for s in subjects]

@@ -75,7 +75,7 @@ def test_run_logged_reports_epochs_and_failures(tmp_path):
     msg = str(e.value)
     assert "train X" in msg and "exit code 3" in msg and str(tmp_path / "logs" / "x.log") in msg
     assert msg.rstrip().endswith("boom")
-    assert "boom" in (tmp_path / "logs" / "x.log").read_text()
+    assert "boom" in (tmp_path / "logs" / "x.log").read_text(encoding="utf-8")
 
 
 def test_steps_run_once_and_failed_steps_rerun(tmp_path):
@@ -132,8 +132,8 @@ def test_rerun_after_all_steps_only_prints_the_table(tmp_path):
     assert results[0].dice == pytest.approx([2 / 3]) and results[1].dice == pytest.approx([1.0])
     table = "\n".join(lines)
     assert "12,345 (10.0%)" in table and "48.2 KiB" in table and "1:15 min" in table
-    assert "| LoRAC | 0.667 | 12,345 (10.0%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text()
-    assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000" in (tmp_path / "results.csv").read_text()
+    assert "| LoRAC | 0.667 | 12,345 (10.0%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000" in (tmp_path / "results.csv").read_text(encoding="utf-8")
 
 
 def test_table_formatting():
@@ -152,7 +152,7 @@ def test_table_formatting():
 
 def test_tables_are_written(tmp_path):
     write_tables([MethodResult("LoRAC", "t", [0.5], 10.0, None)], tmp_path)
-    assert (tmp_path / "results.md").read_text().splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | 10 s |"
+    assert (tmp_path / "results.md").read_text(encoding="utf-8").splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | 10 s |"
 
 
 def test_split_validates_on_the_last_cases_and_is_kept(tmp_path):
@@ -162,9 +162,9 @@ def test_split_validates_on_the_last_cases_and_is_kept(tmp_path):
     for i in (3, 1, 0, 2):
         (raw / "labelsTr" / f"sah_{i:03d}.nii.gz").touch()
     path = pipeline.write_split(raw, pre, 2)
-    assert json.loads(path.read_text()) == [{"train": ["sah_000", "sah_001"], "val": ["sah_002", "sah_003"]}]
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"train": ["sah_000", "sah_001"], "val": ["sah_002", "sah_003"]}]
     path.write_text("[]")
     pipeline.write_split(raw, pre, 1)
-    assert path.read_text() == "[]"
+    assert path.read_text(encoding="utf-8") == "[]"
     with pytest.raises(ValueError, match="holds 4 cases"):
         pipeline.write_split(raw, tmp_path, 4)

@@ -89,7 +89,7 @@ def test_write_dataset_layout(tmp_path):
     folder = write_dataset(tmp_path, 902, "sah", num_train=3, num_test=2, seed=5, shape=SHAPE, spacing=SPACING)
     assert folder == tmp_path / "Dataset902_SyntheticSAH"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset902_SyntheticSAH"]  # no temp left
-    ds = json.loads((folder / "dataset.json").read_text())
+    ds = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert ds["channel_names"] == {"0": "CT"} and ds["numTraining"] == 3
     assert ds["labels"] == {"background": 0, "subarachnoid haemorrhage": 1}
     assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [f"sah_00{i}_0000.nii.gz" for i in range(3)]

@@ -70,10 +70,10 @@ def test_finetune_trains_adapters_and_keeps_the_base(work):
         assert torch.equal(trained[key], source[key.replace("base_layer.", "")]), key
     for key in [k for k in trained if k.endswith(("cp_out", "cp_in"))]:
         assert trained[key].abs().sum() > 0, key  # cp_out starts at zero, cp_in moves once it has
-    log = next(fold.glob("training_log_*.txt")).read_text()
+    log = next(fold.glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "trainable parameters per stage" in log and "bottleneck" in log
     assert "Segmentation heads kept" in log  # binary to binary: the pretrained head is reused
-    summary = (fold / "peft_summary.json").read_text()
+    summary = (fold / "peft_summary.json").read_text(encoding="utf-8")
     assert '"method": "CPLoRA"' in summary
     assert (fold / "validation" / "summary.json").is_file()
 

@@ -46,7 +46,7 @@ def test_curve_folds_are_nested_subsets_of_fold_0_with_its_validation(script, tm
     path = tmp_path / "splits_final.json"
     path.write_text(json.dumps(splits))
     script.add_curve_folds(path, seed=0)
-    out = json.loads(path.read_text())
+    out = json.loads(path.read_text(encoding="utf-8"))
     assert out[:5] == splits and len(out) == 5 + len(script.CURVE_SIZES)
     previous: set[str] = set()
     for size, fold in zip(script.CURVE_SIZES, out[5:]):
@@ -56,4 +56,4 @@ def test_curve_folds_are_nested_subsets_of_fold_0_with_its_validation(script, tm
         assert previous <= train
         previous = train
     script.add_curve_folds(path, seed=0)  # a resumed run leaves the folds as they are
-    assert json.loads(path.read_text()) == out
+    assert json.loads(path.read_text(encoding="utf-8")) == out

@@ -218,7 +218,7 @@ def _fake_nnunet(fingerprint: dict, seen: dict):
         if command_name == "nnUNetv2_extract_fingerprint":
             (staged / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
             return
-        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text())
+        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text(encoding="utf-8"))
         (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
         (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.b2nd").write_bytes(b"data")
     return run
@@ -243,7 +243,7 @@ def test_two_channel_target_from_a_one_channel_checkpoint(tmp_path, monkeypatch)
     monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(fingerprint, seen))
     plans_path = pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
                                           log=log.append)
-    plans = json.loads(plans_path.read_text())
+    plans = json.loads(plans_path.read_text(encoding="utf-8"))
     config = plans["configurations"]["3d_fullres"]
     # 'ct' is the checkpoint's 'CT': normalised as in pretraining; PET as nnU-Net plans a new channel
     assert config["normalization_schemes"] == ["CTNormalization", "ZScoreNormalization"]
@@ -268,7 +268,7 @@ def test_target_planned_from_a_transposed_checkpoint_keeps_its_axes_and_loads(tm
     (raw / "Dataset902_Tgt" / "dataset.json").write_text(json.dumps(TARGET_JSON))
     monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(TARGET_FINGERPRINT, {}))
     plans = json.loads(pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
-                                                log=lambda _: None).read_text())
+                                                log=lambda _: None).read_text(encoding="utf-8"))
     assert plans["transpose_forward"] == [2, 0, 1] and plans["transpose_backward"] == [1, 2, 0]
     config, source_config = plans["configurations"]["3d_fullres"], source["configurations"]["3d_fullres"]
     assert config["patch_size"] == source_config["patch_size"]
@@ -310,7 +310,7 @@ def test_failed_preprocessing_leaves_nothing_behind(tmp_path, monkeypatch):
         if command_name == "nnUNetv2_extract_fingerprint":
             (staged / "dataset_fingerprint.json").write_text(json.dumps(TARGET_FINGERPRINT))
             return
-        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text())
+        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text(encoding="utf-8"))
         seen["args"] = args
         (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
         (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.pkl").write_bytes(b"partial")
@@ -408,8 +408,8 @@ def test_plan_from_checkpoint_end_to_end(tmp_path):
                     "entrypoints import plan_and_preprocess_entry as e; sys.argv[0] = 'nnUNetv2_plan_and_preprocess'; e()",
                     "-d", "901", "-c", "3d_fullres", "-npfp", "1", "-np", "1", "--no_pp"],
                    env=env, check=True, capture_output=True)
-    source_plans = json.loads((pre / "Dataset901_Src" / "nnUNetPlans.json").read_text())
-    source_json = json.loads((raw / "Dataset901_Src" / "dataset.json").read_text())
+    source_plans = json.loads((pre / "Dataset901_Src" / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    source_json = json.loads((raw / "Dataset901_Src" / "dataset.json").read_text(encoding="utf-8"))
     ckpt = _save_checkpoint(tmp_path / "checkpoint_final.pth", source_plans, source_json)
     # the user has the checkpoint only: no source dataset anywhere
     for folder in (raw / "Dataset901_Src", pre / "Dataset901_Src"):
@@ -423,7 +423,7 @@ def test_plan_from_checkpoint_end_to_end(tmp_path):
                                           log=log.append)
 
     assert plans_path == pre / "Dataset902_Tgt" / "nnUNetPlans_pretrained.json"
-    plans = json.loads(plans_path.read_text())
+    plans = json.loads(plans_path.read_text(encoding="utf-8"))
     source_config, config = source_plans["configurations"]["3d_fullres"], plans["configurations"]["3d_fullres"]
     assert list(plans["configurations"]) == ["3d_fullres"]
     assert config["architecture"] == source_config["architecture"]
@@ -432,7 +432,7 @@ def test_plan_from_checkpoint_end_to_end(tmp_path):
     assert plans["foreground_intensity_properties_per_channel"] == source_plans[
         "foreground_intensity_properties_per_channel"]
     assert sorted(p.name for p in pre.iterdir()) == ["Dataset902_Tgt"]  # no staging folder left
-    assert (pre / "Dataset902_Tgt" / "dataset.json").read_text() == (raw / "Dataset902_Tgt" / "dataset.json").read_text()
+    assert (pre / "Dataset902_Tgt" / "dataset.json").read_text(encoding="utf-8") == (raw / "Dataset902_Tgt" / "dataset.json").read_text(encoding="utf-8")
 
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
@@ -446,7 +446,7 @@ def test_plan_from_checkpoint_end_to_end(tmp_path):
     # the network nnU-Net builds from these plans takes the checkpoint through -pretrained_weights' own loader
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    target_json = json.loads((raw / "Dataset902_Tgt" / "dataset.json").read_text())
+    target_json = json.loads((raw / "Dataset902_Tgt" / "dataset.json").read_text(encoding="utf-8"))
     network = _network(plans, target_json)
     load_pretrained_weights(network, str(ckpt))
     weights = torch.load(ckpt, weights_only=False)["network_weights"]
@@ -466,5 +466,5 @@ def test_plan_from_checkpoint_end_to_end(tmp_path):
     with pytest.raises(FileExistsError, match="not made from this checkpoint with these settings.*--overwrite"):
         pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
                                  intensity_properties="target", log=log.append)
-    assert json.loads(plans_path.read_text()) == plans
+    assert json.loads(plans_path.read_text(encoding="utf-8")) == plans
     assert sorted(p.name for p in pre.iterdir()) == ["Dataset902_Tgt"]

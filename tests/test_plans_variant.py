@@ -20,17 +20,17 @@ def folder(tmp_path):
 
 def test_width_is_scaled_and_the_data_kept(folder):
     path = write_plans_variant(folder, "nnUNetPlans_demo16", "3d_fullres", base_features=16)
-    narrow = json.loads(path.read_text())
+    narrow = json.loads(path.read_text(encoding="utf-8"))
     assert path.name == "nnUNetPlans_demo16.json" and narrow["plans_name"] == "nnUNetPlans_demo16"
     config = narrow["configurations"]["3d_fullres"]
     assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 160]
     assert config["data_identifier"] == "nnUNetPlans_3d_fullres" and config["batch_size"] == 6
-    assert json.loads((folder / "nnUNetPlans.json").read_text()) == PLANS  # nnU-Net's own plans untouched
+    assert json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8")) == PLANS  # nnU-Net's own plans untouched
     assert sorted(p.name for p in folder.iterdir()) == ["nnUNetPlans.json", "nnUNetPlans_demo16.json"]
 
 
 def test_batch_size_alone(folder):
-    config = json.loads(write_plans_variant(folder, "nnUNetPlans_b2", "3d_fullres", batch_size=2).read_text())
+    config = json.loads(write_plans_variant(folder, "nnUNetPlans_b2", "3d_fullres", batch_size=2).read_text(encoding="utf-8"))
     assert config["configurations"]["3d_fullres"]["batch_size"] == 2
     assert config["configurations"]["3d_fullres"]["architecture"] == PLANS["configurations"]["3d_fullres"]["architecture"]
 

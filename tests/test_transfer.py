@@ -299,7 +299,7 @@ def test_trainer_adapts_channels_and_classes_and_writes_the_load_report(tmp_path
         assert torch.equal(after.argmax(1), before.argmax(1))
 
     folder = Path(trainer.output_folder)
-    report = json.loads((folder / "load_report.json").read_text())
+    report = json.loads((folder / "load_report.json").read_text(encoding="utf-8"))
     counts = report["counts"]
     n_heads = len(network.decoder.seg_layers)
     assert counts["mapped"]["tensors"] == 2 * n_heads + 1  # every head's weight and bias, and the first kernel
@@ -310,7 +310,7 @@ def test_trainer_adapts_channels_and_classes_and_writes_the_load_report(tmp_path
     first_entry = by_name["encoder.stages.0.0.convs.0.conv.weight"]
     assert first_entry["status"] == "mapped" and first_entry["trainable"] and "1: zero" in first_entry["reason"]
     assert by_name["encoder.stages.0.0.convs.0.conv.bias"]["status"] == "loaded"
-    log = Path(trainer.log_file).read_text()
+    log = Path(trainer.log_file).read_text(encoding="utf-8")
     assert "load report: -pretrained_weights" in log and "c (new)" in log
 
     # prediction rebuilds this network from the class name alone and loads the state strictly
@@ -335,6 +335,6 @@ def test_no_finetune_on_an_extended_label_set_reproduces_the_base(tmp_path, monk
     x = random_input(SPEC, seed=7)
     for before, after in zip(logits(source, x), logits(trainer.network, x)):
         assert torch.equal(after.argmax(1), before.argmax(1))
-    report = json.loads((Path(trainer.output_folder) / "load_report.json").read_text())
+    report = json.loads((Path(trainer.output_folder) / "load_report.json").read_text(encoding="utf-8"))
     assert report["counts"]["adapter"]["tensors"] == 0
     assert all(not t["trainable"] for t in report["tensors"])

@@ -48,10 +48,10 @@ def test_new_class_next_to_the_old_ones_and_the_old_task_after_fine_tuning(tmp_p
 
     # the load report: at the start of the training log and in peft_summary.json
     fold = root / "results" / "Dataset032_TargetABC" / f"{PEFT}__nnUNetPlans_pretrained__3d_fullres" / "fold_0"
-    log = next(fold.glob("training_log_*.txt")).read_text()
+    log = next(fold.glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert log.index("load report: -pretrained_weights") < log.index("Epoch 0")
     assert "classes: background <- background, a <- a, b <- b, c (new)" in log
-    report = json.loads((fold / "peft_summary.json").read_text())["load_report"]
+    report = json.loads((fold / "peft_summary.json").read_text(encoding="utf-8"))["load_report"]
     heads = [t for t in report["tensors"] if ".seg_layers." in t["name"]]
     assert heads and all(t["status"] == "mapped" and t["trainable"] for t in heads)
     assert report["counts"]["mapped"]["tensors"] == len(heads)
@@ -59,7 +59,7 @@ def test_new_class_next_to_the_old_ones_and_the_old_task_after_fine_tuning(tmp_p
     assert report["counts"]["loaded"]["tensors"] > 0 and report["counts"]["adapter"]["tensors"] > 0
 
     # the old task: a and b on the source test set, for every model next to the base
-    with (out / "old_task" / "old_task.csv").open() as f:
+    with (out / "old_task" / "old_task.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     dice = {(r["method"], r["case"], r["label"]): float(r["dice"]) for r in rows}
     methods = {r["method"] for r in rows}
@@ -71,6 +71,6 @@ def test_new_class_next_to_the_old_ones_and_the_old_task_after_fine_tuning(tmp_p
     for case in ("case000", "case001"):
         for label in ("a", "b"):
             assert dice[(baseline, case, label)] == dice[("base (pretrained checkpoint)", case, label)]
-    table = (out / "old_task" / "old_task.md").read_text()
+    table = (out / "old_task" / "old_task.md").read_text(encoding="utf-8")
     assert "| model | Dice a | Dice b |" in table and "| base (pretrained checkpoint) |" in table
-    assert "Old task (2 source test case(s)" in (out / "report" / "report.md").read_text()
+    assert "Old task (2 source test case(s)" in (out / "report" / "report.md").read_text(encoding="utf-8")
