@@ -211,15 +211,20 @@ def _raw_target_json(raw: Path, dataset_json: dict, name: str = "Dataset902_Tgt"
     (raw / name / "dataset.json").write_text(json.dumps(dataset_json))
 
 
-def _fake_nnunet(fingerprint: dict, seen: dict):
-    """Stand-ins for the nnU-Net subprocesses: a fingerprint, then a preprocessing run that writes one case."""
+def _fake_nnunet(fingerprint: dict, seen: dict, fail: bool = False):
+    """Stand-ins for the nnU-Net subprocesses: a fingerprint, then a preprocessing run that writes one case
+    (or, with ``fail``, dies half-way through it)."""
     def run(entry_point, command_name, args, env, log):
         staged = Path(env["nnUNet_preprocessed"]) / "Dataset902_Tgt"
         if command_name == "nnUNetv2_extract_fingerprint":
             (staged / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
             return
         seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text(encoding="utf-8"))
+        seen["args"] = args
         (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
+        if fail:
+            (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.pkl").write_bytes(b"partial")
+            raise pfc.NnUNetStepFailed("nnUNetv2_preprocess failed")
         (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.b2nd").write_bytes(b"data")
     return run
 
@@ -303,20 +308,7 @@ def test_failed_preprocessing_leaves_nothing_behind(tmp_path, monkeypatch):
     _write_dataset(raw, "Dataset902_Tgt", 3, (6, 8, 8), (3.0, 0.8, 0.8), ["background", "a", "b"], 0.0, 1)
     ckpt = _save_checkpoint(tmp_path / "ckpt.pth", SOURCE_PLANS, SOURCE_JSON)
     seen = {}
-
-    def fake_nnunet(entry_point, command_name, args, env, log):
-        # stand-ins for the nnU-Net subprocesses: a fingerprint, then a preprocessing run that dies half-way
-        staged = Path(env["nnUNet_preprocessed"]) / "Dataset902_Tgt"
-        if command_name == "nnUNetv2_extract_fingerprint":
-            (staged / "dataset_fingerprint.json").write_text(json.dumps(TARGET_FINGERPRINT))
-            return
-        seen["plans"] = json.loads((staged / "nnUNetPlans_pretrained.json").read_text(encoding="utf-8"))
-        seen["args"] = args
-        (staged / "nnUNetPlans_pretrained_3d_fullres").mkdir()
-        (staged / "nnUNetPlans_pretrained_3d_fullres" / "case000.pkl").write_bytes(b"partial")
-        raise pfc.NnUNetStepFailed("nnUNetv2_preprocess failed")
-
-    monkeypatch.setattr(pfc, "_run_nnunet", fake_nnunet)
+    monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(TARGET_FINGERPRINT, seen, fail=True))
     with pytest.raises(pfc.NnUNetStepFailed):
         pfc.plan_from_checkpoint("Dataset902_Tgt", ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
                                  log=lambda _: None)
