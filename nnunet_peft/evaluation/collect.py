@@ -5,7 +5,8 @@ a labelled test set is given, one prediction per fold, all evaluated with ``metr
 costs the plugin's trainers record in ``fold_K/peft_summary.json``; for nnU-Net's own trainers,
 which write no such file, what the final checkpoint tells (every parameter trainable, no adapter
 file, epoch times from nnU-Net's log). Per epoch: nnU-Net's own training log in the final checkpoint
-(pseudo-Dice, its moving average, losses, learning rate), which shows whether the schedule converged.
+(pseudo-Dice, its moving average, losses, learning rate; a short trailing mean of the pseudo-Dice
+for the convergence figures), which shows whether the schedule converged.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from nnunet_peft.evaluation.metrics import evaluate_folder, ignore_label_of
 from nnunet_peft.evaluation.runs import Experiment, Run, predict_command
 
@@ -25,8 +28,12 @@ PEFT_SUMMARY = "peft_summary.json"
 # curve column -> the list in nnU-Net's logger (nnUNetLogger / LocalLogger) holding one value per epoch
 CURVE_FIELDS = {"pseudo_dice": "mean_fg_dice", "ema_pseudo_dice": "ema_fg_dice", "train_loss": "train_losses",
                 "val_loss": "val_losses", "lr": "lrs"}
-CONVERGENCE_FIELDS = ("epochs", "final_ema_pseudo_dice", "epoch_95")
-CONVERGED_SHARE = 0.95  # epoch_95: the first epoch whose EMA pseudo-Dice reaches this share of the final one
+CONVERGENCE_FIELDS = ("epochs", "final_pseudo_dice", "epoch_95")
+CONVERGED_SHARE = 0.95  # epoch_95: the first epoch whose smoothed pseudo-Dice reaches this share of the final one
+# nnU-Net's EMA (0.9 old + 0.1 new, seeded with epoch 1) lags about ten epochs and remembers epoch 1, so on a
+# schedule of tens of epochs it is still catching up at the end and places epoch_95 late; a short trailing
+# mean of the raw pseudo-Dice over the epochs that exist has neither the lag nor the seed.
+SMOOTHING_EPOCHS = 3
 
 
 def load_dataset_json(experiment: Experiment, preprocessed_root: Path | None,
@@ -134,23 +141,29 @@ def training_curve(log: dict) -> list[dict]:
     series = {field: list(log.get(key) or []) for field, key in CURVE_FIELDS.items()}
     timestamps = [log.get(k) or [] for k in ("epoch_start_timestamps", "epoch_end_timestamps")]
     epochs = max(len(values) for values in [*series.values(), *timestamps])
-    return [{"epoch": i + 1, **{field: _float(values[i]) if i < len(values) else math.nan
+    rows = [{"epoch": i + 1, **{field: _float(values[i]) if i < len(values) else math.nan
                                 for field, values in series.items()}}
             for i in range(epochs)]
+    raw = [r["pseudo_dice"] for r in rows]
+    for i, row in enumerate(rows):
+        row["smoothed_pseudo_dice"] = float(np.mean(raw[max(0, i + 1 - SMOOTHING_EPOCHS):i + 1]))
+    return rows
 
 
 def convergence(curve: Sequence[dict]) -> dict:
-    """``epochs``, ``final_ema_pseudo_dice`` and ``epoch_95`` of one run's ``training_curve``.
+    """``epochs``, ``final_pseudo_dice`` and ``epoch_95`` of one run's ``training_curve``.
 
-    epoch_95 is the first epoch (counted from 1) whose EMA pseudo-Dice reaches ``CONVERGED_SHARE`` of
-    the final EMA. It and the final EMA are NaN for a run of 0 epochs (NoFinetune); epoch_95 is also
-    NaN when the final EMA is not positive, as a run that learned nothing has no level to approach.
+    final_pseudo_dice is the last epoch's smoothed pseudo-Dice (the mean of the last
+    ``SMOOTHING_EPOCHS`` raw values); epoch_95 is the first epoch (counted from 1) whose smoothed
+    pseudo-Dice reaches ``CONVERGED_SHARE`` of it. Both are NaN for a run of 0 epochs (NoFinetune);
+    epoch_95 is also NaN when the final value is not positive, as a run that learned nothing has no
+    level to approach.
     """
-    final = curve[-1]["ema_pseudo_dice"] if curve else math.nan
+    final = curve[-1]["smoothed_pseudo_dice"] if curve else math.nan
     epoch_95 = math.nan
     if final > 0:  # NaN compares False
-        epoch_95 = next(r["epoch"] for r in curve if r["ema_pseudo_dice"] >= CONVERGED_SHARE * final)
-    return {"epochs": len(curve), "final_ema_pseudo_dice": final, "epoch_95": epoch_95}
+        epoch_95 = next(r["epoch"] for r in curve if r["smoothed_pseudo_dice"] >= CONVERGED_SHARE * final)
+    return {"epochs": len(curve), "final_pseudo_dice": final, "epoch_95": epoch_95}
 
 
 def run_curve(checkpoint: dict, run: Run) -> tuple[list[dict], dict]:

@@ -52,8 +52,8 @@ def write_plots(folder: Path, cases: pd.DataFrame, summary: pd.DataFrame,
 
 def write_curves(folder: Path, curves: pd.DataFrame, convergence: pd.DataFrame,
                  methods: list[str]) -> str | None:
-    """curves.png: per method, each fold's EMA pseudo-Dice (solid) and pseudo-Dice (faint) against
-    epoch, dotted at its epoch_95; returns the file name, or None when no run has a curve.
+    """curves.png: per method, each fold's smoothed pseudo-Dice (solid), raw pseudo-Dice (faint) and
+    nnU-Net's EMA (dashed) against epoch, dotted at its epoch_95; returns the file name, or None when no run has a curve.
 
     One panel per method rather than one crowded panel: with a dozen methods and five folds each, an
     overlay is a tangle. The y axis is shared so that levels compare across panels; the x axis too,
@@ -77,7 +77,8 @@ def write_curves(folder: Path, curves: pd.DataFrame, convergence: pd.DataFrame,
         colour = colours[method]
         for _, rows in curves[curves["method"] == method].groupby("fold", sort=False):
             ax.plot(rows["epoch"], rows["pseudo_dice"], color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(rows["epoch"], rows["ema_pseudo_dice"], color=colour, linewidth=1.5)
+            ax.plot(rows["epoch"], rows["ema_pseudo_dice"], color=colour, alpha=0.5, linewidth=0.8, linestyle="--")
+            ax.plot(rows["epoch"], rows["smoothed_pseudo_dice"], color=colour, linewidth=1.5)
         for epoch in convergence.loc[convergence["method"] == method, "epoch_95"].dropna():
             ax.axvline(epoch, color=colour, linestyle=":", linewidth=1.0)
         ax.set_title(method, fontsize=9)
@@ -91,7 +92,8 @@ def write_curves(folder: Path, curves: pd.DataFrame, convergence: pd.DataFrame,
         lowest.set_xlabel("epoch")
     for ax in axes[:, 0]:
         ax.set_ylabel("pseudo-Dice")
-    fig.suptitle("EMA pseudo-Dice (solid), pseudo-Dice (faint) per fold; dotted: 95% of final EMA reached",
+    fig.suptitle("pseudo-Dice per fold: smoothed (solid), raw (faint), nnU-Net's EMA (dashed); "
+                 "dotted: 95% of the final smoothed value reached",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(folder / "curves.png", dpi=110)

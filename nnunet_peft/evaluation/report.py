@@ -18,12 +18,12 @@ import pandas as pd
 
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.evaluation import stats
-from nnunet_peft.evaluation.collect import CONVERGED_SHARE, COST_FIELDS, CURVE_FIELDS
+from nnunet_peft.evaluation.collect import CONVERGED_SHARE, COST_FIELDS, CURVE_FIELDS, SMOOTHING_EPOCHS
 
 CASE_COLUMNS = ["split", "method", "trainer", "fold", "case", "label", "dice", "hd95_mm",
                 "ref_volume_ml", "pred_volume_ml"]
-CURVE_COLUMNS = ["method", "trainer", "fold", "epoch", *CURVE_FIELDS]
-CONVERGENCE_COLUMNS = ["method", "trainer", "fold", "epochs", "final_ema_pseudo_dice", "epoch_95",
+CURVE_COLUMNS = ["method", "trainer", "fold", "epoch", *CURVE_FIELDS, "smoothed_pseudo_dice"]
+CONVERGENCE_COLUMNS = ["method", "trainer", "fold", "epochs", "final_pseudo_dice", "epoch_95",
                        "schedule_share_95"]
 SPLIT_TITLES = {"val": "Validation (nnU-Net cross-validation folds)", "test": "Held-out test set"}
 CONVENTIONS = (
@@ -119,12 +119,12 @@ def curve_table(curves: Sequence[dict]) -> pd.DataFrame:
 
 
 def convergence_table(costs: Sequence[dict], methods: Sequence[str]) -> pd.DataFrame:
-    """One row per run with convergence figures, in ``methods`` order: epochs, final EMA pseudo-Dice,
+    """One row per run with convergence figures, in ``methods`` order: epochs, final smoothed pseudo-Dice,
     epoch_95 and ``schedule_share_95`` = epoch_95 / epochs (NaN where epoch_95 is)."""
     frame = pd.DataFrame([c for c in costs if "epochs" in c], columns=CONVERGENCE_COLUMNS[:-1])
     frame = frame[frame["method"].isin(methods)].copy()
     frame["fold"] = frame["fold"].astype(str)
-    for column in ("epochs", "final_ema_pseudo_dice", "epoch_95"):
+    for column in ("epochs", "final_pseudo_dice", "epoch_95"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["schedule_share_95"] = frame["epoch_95"] / frame["epochs"]
     rank = {m: i for i, m in enumerate(methods)}
@@ -256,26 +256,27 @@ def convergence_markdown(convergence: pd.DataFrame, curve_figure: str | None) ->
     lines = ["## Convergence", "",
              "From nnU-Net's own training log in each checkpoint_final.pth. Pseudo-Dice: nnU-Net's "
              "per-epoch foreground Dice on the patches of its validation iterations (`mean_fg_dice`; not "
-             "the whole-case validation above); EMA: its moving average as nnU-Net logs it (`ema_fg_dice`, "
-             f"0.9 x previous + 0.1 x new). Epoch {share}: the first epoch, counted from 1, at which a "
-             f"run's EMA reaches {share} of its final EMA; share of schedule = that epoch / epochs "
+             f"the whole-case validation above); smoothed: its mean over the last {SMOOTHING_EPOCHS} epochs "
+             "(nnU-Net's own EMA, `ema_fg_dice`, lags about ten epochs and remembers epoch 1, so it is "
+             f"plotted but not used). Epoch {share}: the first epoch, counted from 1, at which a run's "
+             f"smoothed pseudo-Dice reaches {share} of its final value; share of schedule = that epoch / epochs "
              "trained. A share near 100% means the curve was still rising when the schedule ended, so "
              "a longer schedule may help; a small share means the later epochs changed little. Runs of "
              "0 epochs (NoFinetune) have no curve. Every epoch of every run: curves.csv.", "",
-             f"| Method | Folds | Epochs | Final EMA pseudo-Dice | Epoch {share} per fold (fold: epoch) "
+             f"| Method | Folds | Epochs | Final pseudo-Dice (smoothed) | Epoch {share} per fold (fold: epoch) "
              f"| Epoch {share} mean | Share of schedule |",
              "|---|---:|---:|---|---|---:|---:|"]
     for method, rows in convergence.groupby("method", sort=False):
         epochs = ", ".join(str(int(e)) for e in dict.fromkeys(rows["epochs"]))
-        ema_mean, ema_sd, _ = stats.mean_sd(rows["final_ema_pseudo_dice"].tolist())
+        final_mean, final_sd, _ = stats.mean_sd(rows["final_pseudo_dice"].tolist())
         per_fold = ", ".join(f"{r.fold}: {_num(r.epoch_95, '{:.0f}')}" for r in rows.itertuples())
         epoch_mean = stats.mean_sd(rows["epoch_95"].tolist())[0]
         share_mean = stats.mean_sd(rows["schedule_share_95"].tolist())[0]
-        lines.append(f"| {method} | {len(rows)} | {epochs} | {_pm(ema_mean, ema_sd, '{:.3f}')} | {per_fold} | "
+        lines.append(f"| {method} | {len(rows)} | {epochs} | {_pm(final_mean, final_sd, '{:.3f}')} | {per_fold} | "
                      f"{_num(epoch_mean, '{:.1f}')} | {_num(100 * share_mean, '{:.0f}%')} |")
     lines.append("")
     if curve_figure is not None:
-        lines += [f"![EMA pseudo-Dice (solid) and pseudo-Dice (faint) against epoch, one line per fold; "
+        lines += [f"![Smoothed pseudo-Dice (solid), pseudo-Dice (faint) and nnU-Net's EMA (dashed) against epoch, one line per fold; "
                   f"dotted: epoch {share}]({curve_figure})", ""]
     return lines
 
