@@ -27,6 +27,7 @@ from scipy import ndimage
 LabelSpec = Union[int, tuple[int, ...]]
 # A label set as callers tend to hold it: dataset.json's {"name": value-or-list} or a plain list.
 Labels = Union[Mapping[str, Union[int, Sequence[int]]], Sequence[LabelSpec]]
+TIFF_ENDINGS = (".tif", ".tiff")
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -122,14 +123,29 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
 def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     """Label map as an integer array and its spacing in mm, both in numpy axis order.
 
-    SimpleITK reads every format nnU-Net writes segmentations in by default (NIfTI, NRRD, MHA,
-    PNG, TIFF); its spacing is (x, y, z) while its arrays are (z, y, x), hence the reversal.
+    SimpleITK reads the formats nnU-Net writes segmentations in (NIfTI, NRRD, MHA, PNG); its
+    spacing is (x, y, z) while its arrays are (z, y, x), hence the reversal. TIFF is read as
+    nnU-Net's Tiff3DIO writes it, with the spacing from the ``CASE.json`` beside the file: SimpleITK
+    takes such a multi-page TIFF for a 2-D image of several components.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmentation {path} does not exist")
+    if path.suffix.lower() in TIFF_ENDINGS:
+        array, spacing = _read_tiff_segmentation(path)
+    else:
+        array, spacing = _read_sitk_segmentation(path)
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise ValueError(f"segmentation {path} holds non-integer values; expected a label map")
+        array = rounded.astype(np.int32)
+    return array, spacing
+
+
+def _read_sitk_segmentation(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -137,13 +153,25 @@ def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float,
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"segmentation {path} has {image.GetNumberOfComponentsPerPixel()} components "
                          "per voxel; expected a single-channel label map")
-    array = sitk.GetArrayFromImage(image)
-    if not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise ValueError(f"segmentation {path} holds non-integer values; expected a label map")
-        array = rounded.astype(np.int32)
-    return array, tuple(float(s) for s in reversed(image.GetSpacing()))
+    return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def _read_tiff_segmentation(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    import json
+
+    from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+
+    sidecar = path.with_suffix(".json")
+    # nnU-Net falls back to 1 mm with a printed warning; a volume in mL would then be silently wrong
+    if not sidecar.is_file():
+        raise ValueError(f"segmentation {path} has no spacing file {sidecar} beside it (nnU-Net's Tiff3DIO "
+                         'writes one with every TIFF segmentation); add one holding {"spacing": [z, y, x]} in mm')
+    try:
+        spacing = json.loads(sidecar.read_text(encoding="utf-8"))["spacing"]
+        array, _ = Tiff3DIO().read_seg(str(path))
+    except Exception as e:  # tifffile, JSON and nnU-Net's asserts fail in many ways; all mean "unreadable"
+        raise ValueError(f"cannot read segmentation {path} with its spacing file {sidecar}: {e}") from None
+    return array[0], tuple(float(s) for s in spacing)
 
 
 def evaluate_case(pred_file: str | os.PathLike, ref_file: str | os.PathLike, labels: Labels,
