@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "nnunet_peft.plans_from_checkpoint",
     "nnunet_peft.demo.command",
     "nnunet_peft.evaluation.command",
+    "nnunet_peft.volumetry.command",
 )
 
 
