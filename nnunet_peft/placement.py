@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from nnunet_peft.architectures.multiview import MultiviewUNet
 from nnunet_peft.config import PLACEMENTS
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -26,6 +27,8 @@ class Stage:
 
 def network_stages(network: nn.Module) -> list[Stage]:
     """The stages of a U-Net in forward order; raises ValueError for other architectures."""
+    if isinstance(network, MultiviewUNet):
+        return multiview_stages(network)
     encoder = getattr(network, "encoder", None)
     decoder = getattr(network, "decoder", None)
     missing = [
@@ -106,3 +109,19 @@ def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> int:
     if count == 0:
         raise ValueError(f"{type(old).__name__} is not a submodule of {type(root).__name__}")
     return count
+
+
+def multiview_stages(network: MultiviewUNet) -> list[Stage]:
+    """The SAH laboratory's Multiview network (docs/METHODS.md, "Placement"): encoder level ``i`` is its
+    double convolution and the dilated block on its skip path (both see that level's encoder features;
+    level 0 includes the stem), the bottleneck the dilated block at the bottom, decoder stage ``i`` the
+    double convolution before the ``i``-th upsampling and the last one the output block's double
+    convolution; ``decoder.seg_layers`` holds the 1x1 heads."""
+    encoder, decoder = network.encoder, network.decoder
+    stages = [Stage(f"encoder.{i}", "encoder", (encoder.stem, level) if i == 0 else (level,))
+              for i, level in enumerate(encoder.levels)]
+    stages.append(Stage("bottleneck", "bottleneck", (encoder.bottleneck,)))
+    stages += [Stage(f"decoder.{i}", "decoder", (up,)) for i, up in enumerate(decoder.up_convs)]
+    stages.append(Stage(f"decoder.{len(decoder.up_convs)}", "decoder", (decoder.output_block,)))
+    stages.append(Stage("seg_layers", "seg_layers", (decoder.seg_layers,)))
+    return stages

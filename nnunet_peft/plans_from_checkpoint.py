@@ -51,7 +51,7 @@ import tempfile
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Collection, Literal
 
 DEFAULT_PLANS_NAME = "nnUNetPlans_pretrained"
 DEFAULT_TRAINER = "nnUNetTrainerCPLoRA"
@@ -393,10 +393,11 @@ def _run_nnunet(entry_point: str, command_name: str, args: list[str], env: dict[
                                f"(its output above says why); nothing was written")
 
 
-def _move_into_place(staged: Path, destination: Path, plans_file_name: str) -> None:
-    """Move staged outputs into ``destination``; the plans file goes last, so it only exists with its data."""
+def _move_into_place(staged: Path, destination: Path, plans_file_name: str | Collection[str]) -> None:
+    """Move staged outputs into ``destination``; the plans files go last, so they only exist with their data."""
+    plans_files = {plans_file_name} if isinstance(plans_file_name, str) else set(plans_file_name)
     destination.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staged.iterdir(), key=lambda p: p.name == plans_file_name):
+    for item in sorted(staged.iterdir(), key=lambda p: p.name in plans_files):
         target = destination / item.name
         if item.is_dir():
             if item.name == "gt_segmentations" and target.is_dir():

@@ -50,8 +50,16 @@ def add_parser(subparsers) -> None:
                    help="trainer names, e.g. nnUNetTrainerFinetune nnUNetTrainerCPLoRA_dec_r64_a64 nnUNetTrainer. "
                    "nnU-Net's own trainers (nnUNetTrainer, nnUNetTrainer_250epochs, ...) get no -pretrained_weights: "
                    "they train from scratch (the baseline without pretraining), as does nnUNetTrainerFinetune_scratch")
-    p.add_argument("--pretrained", type=Path, metavar="CKPT",
-                   help="pretrained checkpoint given to plugin trainers as -pretrained_weights")
+    p.add_argument("--pretrained", type=Path, nargs="+", metavar="CKPT",
+                   help="pretrained checkpoint given to plugin trainers as -pretrained_weights; with --views one "
+                   "per view, in the same order")
+    p.add_argument("--views", nargs="+", metavar="PLANS",
+                   help="tri-planar 2-D: each trainer runs on each of these plans identifiers (one per view, e.g. "
+                   "nnUNetPlans_pretrained_axial nnUNetPlans_pretrained_coronal nnUNetPlans_pretrained_sagittal, "
+                   "from plan-views) instead of -p, writing probabilities; the report shows each view as "
+                   "'METHOD [view]' and the average of the views' probabilities (nnU-Net's ensembling) as "
+                   "'METHOD [ensemble]'. Paired tests default to the reference trainer's ensemble, else the first "
+                   "trainer's, so each view is tested against its ensemble"),
     p.add_argument("--folds", "-f", nargs="+", default=["0", "1", "2", "3", "4"],
                    help="folds to run (default: 0 1 2 3 4)")
     p.add_argument("--device", choices=("cuda", "cpu", "mps"),
@@ -94,7 +102,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     trainers = _parse_trainers(args.trainers)
     folds = list(dict.fromkeys(runs.parse_fold(f) for f in args.folds))
-    reference, reference_note = choose_reference(trainers, args.reference)
+    # with --views the reference is a view's or the ensemble's method name (set below)
+    reference, reference_note = (None, "") if args.views else choose_reference(trainers, args.reference)
     if args.volume_bins is not None:
         stats.volume_bin_edges([], args.volume_bins)  # validate now, not after hours of training
     if (args.test_images is None) != (args.test_labels is None):
@@ -112,12 +121,21 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
     pretrained = None
+    checkpoints = [None] * len(args.views or [None])
     if args.pretrained is not None:
-        pretrained = args.pretrained.resolve()
-        if not pretrained.is_file():
-            raise FileNotFoundError(f"pretrained checkpoint {args.pretrained} does not exist")
+        if len(args.pretrained) != len(checkpoints):
+            raise ValueError(f"--pretrained takes {len(checkpoints)} checkpoint(s) ({'one per view of --views' if args.views else 'one'}), "
+                             f"got {len(args.pretrained)}")
+        checkpoints = [c.resolve() for c in args.pretrained]
+        for given, checkpoint in zip(args.pretrained, checkpoints):
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"pretrained checkpoint {given} does not exist")
+        pretrained = checkpoints[0]
     elif any(t.fine_tunes for t in trainers) and not args.collect_only:
         raise ValueError("plugin trainers fine-tune a pretrained network: give --pretrained CKPT")
+    if args.views and args.source_test_images is not None:
+        raise ValueError("--source-test-images is not supported with --views yet; check each view's old task "
+                         "with a benchmark of that view's plans")
 
     results_root = _env_folder("nnUNet_results", required=True)
     experiment = runs.Experiment(dataset=_dataset_name(args.dataset), configuration=args.configuration,
@@ -126,22 +144,36 @@ def run_benchmark(args: argparse.Namespace) -> int:
                                  predict_processes=args.num_processes)
     planned = [runs.Run(t, f) for t in trainers for f in folds]
     env = runs.trainer_environment()
+    experiments = [experiment]
+    if args.views:
+        from nnunet_peft.evaluation import views
+
+        experiments = views.view_experiments(experiment, args.views, checkpoints)
+        reference = views.default_reference(trainers, args.reference)
+        reference_note = (f"Paired tests compare each method and view with {reference} (nnU-Net's ensemble of "
+                          f"the views' probabilities).")
 
     if args.jobs_only:
         pending = 0
-        for run in planned:
-            command = runs.train_command(experiment, run, runs.run_state(experiment, run))
-            if command is not None:
-                print(runs.job_line(command, env))
-                pending += 1
-        print(f"# {pending} of {len(planned)} runs to do; {len(planned) - pending} finished. "
+        for exp in experiments:
+            for run in planned:
+                command = runs.train_command(exp, run, runs.run_state(exp, run))
+                if command is not None:
+                    print(runs.job_line(command, env))
+                    pending += 1
+        total = len(planned) * len(experiments)
+        print(f"# {pending} of {total} runs to do; {total - pending} finished. "
               "When they are done: the same command with --collect-only.", file=sys.stderr)
         return 0
 
     failed = []
     if not args.collect_only:
-        outcomes = runs.execute(experiment, planned, env)
-        failed = [o for o in outcomes if o.returncode not in (None, 0)]
+        for exp in experiments:
+            outcomes = runs.execute(exp, planned, env)
+            failed += [o for o in outcomes if o.returncode not in (None, 0)]
+    if args.views:
+        return _report_views(args, experiments, planned, trainers, folds, test_folds, reference, reference_note,
+                             env, failed)
 
     preprocessed_root = _env_folder("nnUNet_preprocessed")
     dataset_json = collect.load_dataset_json(experiment, preprocessed_root, [t.name for t in trainers])
@@ -178,6 +210,63 @@ def run_benchmark(args: argparse.Namespace) -> int:
         notes.insert(1, f"Plugin trainers start from {pretrained}; nnU-Net's own trainers from scratch.")
     path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
                                title=f"Fine-tuning benchmark on {experiment.dataset}", curves=curves)
+    print(f"report: {path}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"
+                                                         for o in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_views(args: argparse.Namespace, experiments: list, planned: list, trainers: list, folds: list,
+                  test_folds: list, reference: str, reference_note: str, env: dict, failed: list) -> int:
+    """The report of a tri-planar benchmark: every view as its own method, and the ensemble of the views."""
+    from nnunet_peft.evaluation import collect, report, views
+
+    preprocessed_root = _env_folder("nnUNet_preprocessed")
+    dataset = experiments[0].dataset
+    dataset_json = collect.load_dataset_json(experiments[0], preprocessed_root, [t.name for t in trainers])
+    labels, file_ending = dataset_json["labels"], dataset_json.get("file_ending", ".nii.gz")
+    reference_dir = collect.reference_folder(dataset, preprocessed_root, _env_folder("nnUNet_raw"))
+    out = (args.out or experiments[0].results_root / dataset
+           / f"peft_benchmark_views_{experiments[0].configuration}").resolve()
+    rows, costs, curves, notes = [], [], [], []
+    for exp in experiments:
+        r, c, cu, n = collect.collect_validation(exp, planned, reference_dir, labels, file_ending, args.num_processes)
+        rows += views.retag(r, exp)
+        costs += views.retag(c, exp)
+        curves += views.retag(cu, exp)
+        notes += n
+    costs += views.ensemble_costs(list(costs), planned)
+    r, n = views.ensemble_rows(
+        experiments, planned, "val", lambda e, run: e.fold_folder(run.trainer.name, run.fold) / "validation",
+        out / "view_ensembles" / "val", reference_dir, labels, file_ending, dataset_json, args.num_processes)
+    rows, notes = rows + r, notes + n
+    if args.test_images is not None:
+        collect.check_test_labels(args.test_images, args.test_labels, file_ending)
+        test_runs = [r for r in planned if r.fold in test_folds]
+        predicted = {}
+        for exp in experiments:
+            label = views.view_label(exp.plans)
+            predicted[exp.plans] = collect.predict_test(exp, test_runs, args.test_images.resolve(),
+                                                        out / "test_predictions" / label, env, file_ending)
+            rows += views.retag(collect.collect_test(test_runs, predicted[exp.plans], args.test_labels, labels,
+                                                     file_ending, args.num_processes), exp)
+        r, n = views.ensemble_rows(
+            experiments, test_runs, "test",
+            lambda e, run: predicted[e.plans].get((run.trainer.name, str(run.fold))),
+            out / "view_ensembles" / "test", args.test_labels, labels, file_ending, dataset_json, args.num_processes)
+        rows, notes = rows + r, notes + n
+        notes.append(f"Test set predicted by the model of fold(s) {' '.join(map(str, test_folds))} of each "
+                     f"method and view{'' if experiments[0].test_time_mirroring else ', without test-time mirroring'}, "
+                     "each fold on its own (not the fold ensemble) and without postprocessing.")
+    notes = [f"Dataset {dataset}, configuration {experiments[0].configuration}, views "
+             f"{', '.join(f'{views.view_label(e.plans)} ({e.plans})' for e in experiments)}, folds "
+             f"{' '.join(map(str, folds))}; validation references from {reference_dir}. 'METHOD [ensemble]' "
+             f"averages the views' probabilities with nnU-Net's ensembling; its costs are the views' summed.",
+             reference_note, *notes]
+    path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
+                               title=f"Tri-planar benchmark on {dataset}", curves=curves)
     print(f"report: {path}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"

@@ -38,6 +38,9 @@ class Experiment:
     # test-set prediction only: nnU-Net's mirroring (8 passes per window in 3-D) and its worker counts
     test_time_mirroring: bool = True
     predict_processes: int | None = None
+    # views of a tri-planar method: nnU-Net writes the probabilities (validation --npz, prediction
+    # --save_probabilities) that nnU-Net's ensembling averages over the views
+    save_probabilities: bool = False
 
     def model_folder(self, trainer: str) -> Path:
         return self.results_root / self.dataset / RESULT_FOLDER_SEPARATOR.join(
@@ -69,7 +72,9 @@ def parse_fold(value: str | int) -> int | str:
 def run_state(experiment: Experiment, run: Run) -> RunState:
     folder = experiment.fold_folder(run.trainer.name, run.fold)
     if (folder / "checkpoint_final.pth").is_file():
-        if (folder / "validation" / "summary.json").is_file():
+        validation = folder / "validation"
+        if (validation / "summary.json").is_file() and (
+                not experiment.save_probabilities or any(validation.glob("*.npz"))):
             return RunState.FINISHED
         return RunState.NEEDS_VALIDATION
     if (folder / "checkpoint_latest.pth").is_file():
@@ -95,6 +100,8 @@ def train_command(experiment: Experiment, run: Run, state: RunState) -> list[str
         command.append("--c")
     else:
         command.append("--val")
+    if experiment.save_probabilities:
+        command.append("--npz")
     if experiment.device is not None:
         command += ["-device", experiment.device]
     return command
@@ -116,6 +123,8 @@ def prediction_options(experiment: Experiment) -> list[str]:
     if experiment.predict_processes is not None:
         n = str(experiment.predict_processes)
         options += ["-npp", n, "-nps", n]
+    if experiment.save_probabilities:
+        options.append("--save_probabilities")
     return options
 
 

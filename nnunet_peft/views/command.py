@@ -1,0 +1,177 @@
+"""`nnunet-peft plan-views`: three 2-D plans of one dataset, one per view, planned and preprocessed by nnU-Net.
+
+A source dataset is planned with nnU-Net's own planner (``ViewPlanner``: its ``transpose_forward``
+fixed per view). A target dataset is planned from one checkpoint per view with
+``plan-from-checkpoint``, which keeps each checkpoint's transpose, architecture and spacing; the view
+is read from the checkpoint's ``transpose_forward``.
+
+Everything is written in a staging folder inside ``nnUNet_preprocessed`` and moved into place when
+every view succeeded, the plans files last.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nnunet_peft.views.planner import (ARCHITECTURES, CONFIGURATION, VIEWS, check_architecture, check_view,
+                                       default_plans_name, view_of_transpose)
+
+PRETRAINED_PREFIX = "nnUNetPlans_pretrained"
+
+
+def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architecture: str = "unet",
+               num_processes: int = 2, target_spacing: Sequence[float] | None = None,
+               raw_folder: str | os.PathLike | None = None, preprocessed_folder: str | os.PathLike | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Plan and preprocess ``dataset`` once per view with nnU-Net's planner; ``{view: plans file}``."""
+    from nnunet_peft.plans_from_checkpoint import (NnUNetStepFailed, _env_folder, _move_into_place, _run_nnunet,
+                                                   resolve_dataset)
+
+    views = _unique_views(views)
+    check_architecture(architecture)
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+    if target_spacing is not None and (len(target_spacing) != 3 or min(target_spacing) <= 0):
+        raise ValueError(f"target spacing must be three positive mm values in the image's array order "
+                         f"(z, y, x), got {list(target_spacing)}")
+    raw = _env_folder(raw_folder, "nnUNet_raw")
+    preprocessed = _env_folder(preprocessed_folder, "nnUNet_preprocessed")
+    dataset_id, dataset_name = resolve_dataset(raw, dataset)
+    names = {view: default_plans_name(view, architecture) for view in views}
+
+    preprocessed.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=".plan-views-", dir=preprocessed))
+    try:
+        staged = staging_root / dataset_name
+        staged.mkdir()
+        env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(staging_root)}
+        _run_nnunet("extract_fingerprint_entry", "nnUNetv2_extract_fingerprint",
+                    ["-d", str(dataset_id), "-np", str(num_processes)], env, log)
+        log(f"planning the {', '.join(views)} view(s) ({architecture}) and preprocessing their "
+            f"{CONFIGURATION} configurations")
+        # one fresh interpreter for all views: nnU-Net reads its folders from the environment once, at import
+        spacing = None if target_spacing is None else [float(s) for s in target_spacing]
+        call = ("from nnunet_peft.views.planner import plan_and_preprocess_view\n"
+                + "".join(f"plan_and_preprocess_view({dataset_id}, {view!r}, {names[view]!r}, {architecture!r}, "
+                          f"{num_processes}, {spacing!r})\n" for view in views))
+        if subprocess.run([sys.executable, "-c", call], env=env).returncode != 0:
+            raise NnUNetStepFailed("planning or preprocessing a view failed (the output above says why); "
+                                   "nothing was written")
+        _move_into_place(staged, preprocessed / dataset_name, {f"{n}.json" for n in names.values()})
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    paths = {view: preprocessed / dataset_name / f"{names[view]}.json" for view in views}
+    _log_summary(paths, log)
+    log(f"next: nnUNetv2_train {dataset_id} {CONFIGURATION} FOLD -p PLANS for each of "
+        f"{' '.join(names.values())}; predict with --save_probabilities and average with nnUNetv2_ensemble")
+    return paths
+
+
+def plan_views_from_checkpoints(dataset: str | int, checkpoints: Sequence[str | os.PathLike],
+                                plans_prefix: str = PRETRAINED_PREFIX, log: Callable[[str], None] = print,
+                                **kwargs) -> dict[str, Path]:
+    """Plan a target once per view checkpoint with ``plan_from_checkpoint`` (``PREFIX_<view>`` plans).
+
+    Each checkpoint's view is read from its plans' ``transpose_forward``; two checkpoints of one
+    view, or one of no view, are refused before anything is written. ``kwargs`` go to
+    ``plan_from_checkpoint`` (intensity properties, folders, overwrite, ...).
+    """
+    from nnunet_peft.plans_from_checkpoint import plan_from_checkpoint, read_checkpoint
+
+    by_view: dict[str, Path] = {}
+    for checkpoint in checkpoints:
+        info = read_checkpoint(checkpoint)
+        view = view_of_transpose(info.plans.get("transpose_forward", ()))
+        if view is None:
+            raise ValueError(f"checkpoint {info.path} has transpose_forward {info.plans.get('transpose_forward')}, "
+                             f"which is no view's ({', '.join(f'{v} {list(t)}' for v, t in VIEWS.items())})")
+        if info.configuration != CONFIGURATION:
+            raise ValueError(f"checkpoint {info.path} was trained as {info.configuration!r}; a view's network is "
+                             f"a {CONFIGURATION!r} one (plan the source with nnunet-peft plan-views)")
+        if view in by_view:
+            raise ValueError(f"checkpoints {by_view[view]} and {info.path} are both of the {view} view; give one "
+                             f"checkpoint per view")
+        by_view[view] = info.path
+    paths = {}
+    for view, checkpoint in by_view.items():
+        log(f"--- {view} view: {checkpoint}")
+        paths[view] = plan_from_checkpoint(dataset, checkpoint, configuration=CONFIGURATION,
+                                           plans_name=f"{plans_prefix}_{view}", log=log, **kwargs)
+    return paths
+
+
+def _unique_views(views: Sequence[str]) -> list[str]:
+    views = [check_view(v) for v in views]
+    if not views or len(set(views)) != len(views):
+        raise ValueError(f"give each view at most once, and at least one; got {list(views)}")
+    return views
+
+
+def _log_summary(paths: dict[str, Path], log: Callable[[str], None]) -> None:
+    import json
+
+    for view, path in paths.items():
+        plans = json.loads(path.read_text(encoding="utf-8"))
+        config = plans["configurations"][CONFIGURATION]
+        log(f"{view}: {path.name}: transpose_forward {plans['transpose_forward']}, 2-D spacing {config['spacing']} mm "
+            f"(slices along axis {plans['transpose_forward'][0]} are not resampled), patch {config['patch_size']}, "
+            f"batch {config['batch_size']}, {config['architecture']['network_class_name'].rsplit('.', 1)[-1]}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nnunet_peft.plans_from_checkpoint import NnUNetStepFailed
+
+    try:
+        if args.checkpoints:
+            if args.architecture != "unet" or args.target_spacing is not None:
+                raise ValueError("--architecture and --target-spacing come from the checkpoints when planning a "
+                                 "target from them; leave them out")
+            plan_views_from_checkpoints(args.dataset, args.checkpoints, plans_prefix=args.plans_prefix,
+                                        num_processes=args.num_processes, overwrite=args.overwrite,
+                                        intensity_properties=args.intensity_properties)
+        else:
+            plan_views(args.dataset, args.views, args.architecture, args.num_processes, args.target_spacing)
+    except NnUNetStepFailed as e:
+        print(f"nnunet-peft plan-views: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan-views",
+        help="plan and preprocess a dataset three times, one 2d configuration per view (axial, coronal, sagittal)",
+        description="Tri-planar 2-D nnU-Net. Without --checkpoints: nnU-Net's planner with a fixed transpose per "
+        "view writes nnUNetPlans_<view> (nnUNetPlans_multiview_<view> with --architecture multiview), each "
+        "with only a 2d configuration, and nnU-Net's preprocessor prepares it. With --checkpoints (one per "
+        "view, from the source's view plans): plan-from-checkpoint plans the target once per checkpoint as "
+        "nnUNetPlans_pretrained_<view>, keeping each checkpoint's transpose. Views are array axes of nnU-Net's "
+        "reader: axial slices along axis 0 (z of an axial CT), coronal along 1, sagittal along 2.",
+    )
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (in nnUNet_raw)")
+    p.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS),
+                   help="views to plan (default: all three)")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="unet",
+                   help="unet: nnU-Net's 2-D PlainConvUNet (default); multiview: the SAH laboratory's Multiview "
+                   "network (nnunet_peft.architectures.multiview), named in the plans so nnUNetv2_train and "
+                   "nnUNetv2_predict build it with any trainer")
+    p.add_argument("--target-spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="overrides nnU-Net's target spacing (array order, mm), e.g. to resample thick slices "
+                   "finer for the coronal and sagittal views (default: nnU-Net's own choice; README, "
+                   "'Multi-view 2-D')")
+    p.add_argument("--checkpoints", nargs="+", metavar="CKPT",
+                   help="plan a target from source checkpoints, one per view (their view is read from their plans)")
+    p.add_argument("--plans-prefix", default=PRETRAINED_PREFIX,
+                   help=f"with --checkpoints: plans are named PREFIX_<view> (default {PRETRAINED_PREFIX})")
+    p.add_argument("--intensity-properties", choices=("source", "target"), default="source",
+                   help="with --checkpoints: as for plan-from-checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="with --checkpoints: as for plan-from-checkpoint")
+    p.add_argument("-np", "--num-processes", type=int, default=2,
+                   help="processes for fingerprint extraction and preprocessing (default: 2)")
+    p.set_defaults(func=_run)
