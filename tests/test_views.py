@@ -244,3 +244,17 @@ def test_ensemble_names_the_view_that_lacks_a_case(thick_ct, tmp_path):
     with pytest.raises(FileNotFoundError, match="--save_probabilities"):
         ensemble_views([a, empty], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spacing, warned", [((5.0, 0.8, 0.8), None), ((0.8, 0.8, 5.0), "sagittal"),
+                                             ((1.0, 1.0, 1.2), None)])
+def test_plan_views_says_when_the_slices_are_not_along_axis_0(tmp_path, spacing, warned):
+    from nnunet_peft.views.command import _warn_if_not_axial
+
+    (tmp_path / "fp.json").write_text(json.dumps({"spacings": [list(spacing)] * 3}), encoding="utf-8")
+    lines = []
+    _warn_if_not_axial(tmp_path / "fp.json", lines.append)
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and f"the '{warned}' plans slice along" in lines[0]

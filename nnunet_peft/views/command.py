@@ -68,6 +68,7 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
         shutil.rmtree(staging_root, ignore_errors=True)
     paths = {view: preprocessed / dataset_name / f"{names[view]}.json" for view in views}
     _log_summary(paths, log)
+    _warn_if_not_axial(preprocessed / dataset_name / "dataset_fingerprint.json", log)
     log(f"next: nnUNetv2_train {dataset_id} {CONFIGURATION} FOLD -p PLANS for each of "
         f"{' '.join(names.values())}; predict with --save_probabilities and average with nnUNetv2_ensemble")
     return paths
@@ -122,6 +123,21 @@ def _log_summary(paths: dict[str, Path], log: Callable[[str], None]) -> None:
         log(f"{view}: {path.name}: transpose_forward {plans['transpose_forward']}, 2-D spacing {config['spacing']} mm "
             f"(slices along axis {plans['transpose_forward'][0]} are not resampled), patch {config['patch_size']}, "
             f"batch {config['batch_size']}, {config['architecture']['network_class_name'].rsplit('.', 1)[-1]}")
+
+
+def _warn_if_not_axial(fingerprint_file: Path, log: Callable[[str], None]) -> None:
+    """The view names assume slices stored along array axis 0; say so when the thickest axis is another."""
+    import json
+
+    import numpy as np
+
+    spacing = np.median(json.loads(fingerprint_file.read_text(encoding="utf-8"))["spacings"], axis=0)
+    thickest = int(np.argmax(spacing))
+    if spacing[thickest] > 1.5 * np.min(spacing) and thickest != 0:
+        named = next(v for v, t in VIEWS.items() if t[0] == thickest)
+        log(f"WARNING: the median spacing {[round(float(s), 3) for s in spacing]} is coarsest along array axis "
+            f"{thickest}, not 0: the acquisition's slices are what the '{named}' plans slice along, so the view "
+            f"names do not match the anatomy of this dataset (the plans themselves are right)")
 
 
 def _run(args: argparse.Namespace) -> int:
