@@ -5,20 +5,27 @@ kernels 3, strides 1, 2, 2, ..., two convolutions per stage, InstanceNorm, Leaky
 supervision) and measures, side by side in one process:
 
 * one training step (forward, deep-supervision loss, backward, SGD step with momentum 0.99 and
-  Nesterov as nnU-Net uses) for full fine-tuning, for the *frozen floor* (everything frozen but
-  the input requires a gradient, so the backward pass still runs through every layer: the least
-  any adapter on every convolution can cost), and for every method x forward mode with adapters
-  on all three placements;
+  Nesterov as nnU-Net uses, over the trainable tensors) for full fine-tuning, for the *frozen floor*
+  (everything frozen but the input requires a gradient, so the backward pass still runs through
+  every layer: the least any adapter on every convolution can cost), and for every method x
+  forward mode (``--modes``) x rank (``--ranks``) x placement (``--placements``);
 * the peak memory of a training step (on CUDA ``max_memory_allocated``; on CPU the peak resident
   set (VmHWM) of a fresh subprocess per configuration, since the CPU allocator keeps no statistics);
 * the inference time of the merged network (HyPS: parallel part merged, serial part kept) against
-  the base network.
+  the base network;
+* with ``--per-layer``, forward + backward of each distinct layer of the network alone in every
+  forward mode, so that a forward mode can be chosen per layer shape.
 
-Configurations are interleaved within every repeat so that drift in a shared machine's load hits
-all of them alike; the median over repeats is reported. Usage::
+Each (rank, placement) is one block, timed interleaved step by step with its own full fine-tuning
+and frozen floor, the order rotated every repeat so that drift in a shared machine's load and the
+allocator state one setting leaves to the next hit all settings alike. The report starts with the
+measurement's method (what a step contains, warm-up and timed steps, statistic, optimiser, threads,
+device, dtype / AMP) so that a table never travels without it. Usage::
 
     python scripts/benchmark_adapters.py --out benchmark.md                   # CPU: 5 stages, 2 x 64^3
     python scripts/benchmark_adapters.py --device cuda --out benchmark.md     # CUDA: AMP, 6 stages, 2 x 128^3
+    python scripts/benchmark_adapters.py --stages 5 --patch 48 --ranks 8 32 --placements all decoder \\
+        --warmup 3 --repeats 7 --per-layer --out table.md                      # the README's table
 """
 from __future__ import annotations
 
@@ -37,32 +44,84 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnunet_peft import METHODS, PeftConfig, configure_finetuning, count_parameters, inject_adapters, merge_adapters
-from nnunet_peft.injection import adapter_layers
+from nnunet_peft import METHODS, PLACEMENTS, PeftConfig, configure_finetuning, count_parameters, inject_adapters, merge_adapters
+from nnunet_peft.injection import LAYER_CLASSES, adapter_layers
+from nnunet_peft.placement import target_convolutions
 
 PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
+ALL = "all"  # the placement label of encoder + bottleneck + decoder
+
+
+def placement_label(placement: tuple[str, ...]) -> str:
+    return ALL if set(placement) == set(PLACEMENTS) else "+".join(placement)
+
+
+def parse_placement(label: str) -> tuple[str, ...]:
+    placement = PLACEMENTS if label == ALL else tuple(label.split("+"))
+    PeftConfig("lora_c", placement=placement)  # validates, with the config's error message
+    return placement
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One benchmarked configuration: ``full``, ``frozen`` or a method in a forward mode."""
+    """One benchmarked configuration: ``full`` (fine-tuning of the placed stages and heads), ``frozen``
+    (the floor) or a method in a forward mode at a rank and placement."""
 
-    name: str
-    method: str | None = None
+    kind: str
     mode: str | None = None
+    rank: int | None = None
+    placement: tuple[str, ...] = PLACEMENTS
+
+    @property
+    def method(self) -> str | None:
+        return self.kind if self.kind in METHODS else None
+
+    @property
+    def name(self) -> str:
+        """Unique and parseable (``Setting.parse``): the CPU memory probe rebuilds a setting from it."""
+        core = self.kind if self.method is None else f"{self.kind}/{self.mode}/r{self.rank}"
+        return f"{core}@{placement_label(self.placement)}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Setting":
+        core, _, where = name.partition("@")
+        parts = core.split("/")
+        if len(parts) == 3:
+            return cls(parts[0], parts[1], int(parts[2][1:]), parse_placement(where))
+        return cls(parts[0], placement=parse_placement(where))
 
     @property
     def label(self) -> str:
-        return self.name if self.method is None else f"{self.method}/{self.mode}"
+        return self.name
 
 
-def all_settings(methods: list[str]) -> list[Setting]:
-    settings = [Setting("full"), Setting("frozen")]
-    for method in methods:
-        for mode in METHODS[method].forward_modes:
-            settings.append(Setting(f"{method}/{mode}", method, mode))
-    return settings
+def modes_of(method: str, wanted: list[str]) -> list[str]:
+    """The forward modes of ``method`` to time: ``all`` it supports, its ``default``, or those named."""
+    spec = METHODS[method]
+    if "all" in wanted:
+        return list(spec.forward_modes)
+    chosen = [m for m in spec.forward_modes if m in wanted]
+    if "default" in wanted and spec.default_forward_mode not in chosen:
+        chosen.append(spec.default_forward_mode)
+    return chosen
+
+
+def blocks(args: argparse.Namespace) -> list[list[Setting]]:
+    """The settings, in blocks of one rank and placement that are timed interleaved with full fine-tuning
+    and the frozen floor (each block's ratios use its own full fine-tuning time, so that drift between
+    blocks cancels); a placement other than ``all`` also times fine-tuning of just those stages."""
+    out = []
+    for placement in args.placements:
+        for rank in args.ranks:
+            block = [Setting("full"), Setting("frozen")]
+            if set(placement) != set(PLACEMENTS):
+                block.append(Setting("full", placement=placement))
+            block += [Setting(m, mode, rank, placement) for m in args.methods for mode in modes_of(m, args.modes)]
+            out.append(block)
+    return out
 
 
 def arch_kwargs(n_stages: int) -> dict:
@@ -95,17 +154,29 @@ def build_network(args: argparse.Namespace, deep_supervision: bool = True) -> nn
     )
 
 
+def make_optimizer(net: nn.Module) -> torch.optim.Optimizer | None:
+    """nnU-Net's optimiser (SGD, momentum 0.99, Nesterov, weight decay 3e-5) over the trainable tensors.
+
+    nnU-Net passes every parameter; frozen ones never receive a gradient and SGD skips a tensor whose
+    ``grad`` is None, so leaving them out changes no timing, only the optimiser's bookkeeping.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5) if params else None
+
+
+OPTIMIZER_TEXT = "SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5, as nnU-Net) over the trainable tensors only"
+
+
 def prepare(setting: Setting, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     """The network of ``setting`` on ``device`` with its optimiser (None for the frozen floor)."""
     net = build_network(args)
     if setting.method is None:
-        configure_finetuning(net, "finetune" if setting.name == "full" else "none")
+        configure_finetuning(net, "finetune" if setting.kind == "full" else "none", placement=setting.placement)
     else:
-        inject_adapters(net, PeftConfig(setting.method, rank=args.rank, forward_mode=setting.mode))
+        inject_adapters(net, PeftConfig(setting.method, rank=setting.rank, forward_mode=setting.mode,
+                                        placement=setting.placement))
     net = net.to(device).train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5) if params else None
-    return net, optimizer
+    return net, make_optimizer(net)
 
 
 def make_batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -192,18 +263,18 @@ def cpu_peak_bytes_subprocess(setting: Setting, args: argparse.Namespace) -> int
     the process's resident memory just before the network is built (interpreter, torch, inputs)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", setting.name,
            "--stages", str(args.stages), "--patch", str(args.patch), "--batch", str(args.batch),
-           "--rank", str(args.rank), "--threads", str(args.threads), "--device", "cpu"]
+           "--threads", str(args.threads), "--device", "cpu"]
     out = subprocess.run(cmd, check=True, capture_output=True, encoding="utf-8", errors="replace").stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
 
 def memory_probe(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
-    setting = next(s for s in all_settings(list(METHODS)) if s.name == args.memory_probe)
+    setting = Setting.parse(args.memory_probe)
     x, targets = make_batch(args, device)
     baseline = proc_status_kib("VmRSS")  # before the network exists
     net, optimizer = prepare(setting, args, device)
-    step = Stepper(net, optimizer, device, frozen=setting.name == "frozen")
+    step = Stepper(net, optimizer, device, frozen=setting.kind == "frozen")
     for _ in range(2):  # the second step holds activations, gradients and momentum at once
         step(x, targets)
     print(json.dumps({"peak_bytes": (proc_status_kib("VmHWM") - baseline) * 1024}))
@@ -235,96 +306,250 @@ def inference_network(setting: Setting, net: nn.Module) -> nn.Module:
     return net
 
 
-def run(args: argparse.Namespace) -> str:
-    device = torch.device(args.device)
-    settings = all_settings(args.methods)
-    x, targets = make_batch(args, device)
-
-    print(f"building {len(settings)} networks ...", file=sys.stderr)
-    prepared = {s.name: prepare(s, args, device) for s in settings}
-    steppers = {s.name: Stepper(*prepared[s.name], device, frozen=s.name == "frozen") for s in settings}
-    trainable = {s.name: count_parameters(prepared[s.name][0])[0] for s in settings}
-
-    times: dict[str, list[float]] = {s.name: [] for s in settings}
+def time_block(block: list[Setting], args: argparse.Namespace, device: torch.device, x, targets) -> dict:
+    """Train-step times (all samples), peak memory, trainable counts and merged-inference times of one block."""
+    print(f"building {len(block)} networks ...", file=sys.stderr)
+    prepared = {s: prepare(s, args, device) for s in block}
+    steppers = {s: Stepper(*prepared[s], device, frozen=s.kind == "frozen") for s in block}
+    trainable = {s: count_parameters(prepared[s][0])[0] for s in block}
+    tensors = {s: 0 if prepared[s][1] is None else sum(len(g["params"]) for g in prepared[s][1].param_groups)
+               for s in block}
+    times: dict[Setting, list[float]] = {s: [] for s in block}
     for repeat in range(args.warmup + args.repeats):
-        for s in settings:
-            t = timed(lambda: steppers[s.name](x, targets), device)
+        # interleaved, and rotated every repeat so that no setting always runs right after the same one
+        shift = repeat % len(block)
+        for s in block[shift:] + block[:shift]:
+            t = timed(lambda: steppers[s](x, targets), device)
             if repeat >= args.warmup:
-                times[s.name].append(t)
+                times[s].append(t)
         print(f"training repeat {repeat + 1}/{args.warmup + args.repeats} done", file=sys.stderr)
 
-    peaks: dict[str, int] = {}
-    if args.out:  # the timings so far, in case the slower memory probes are interrupted
-        args.out.write_text(report(args, settings, times, peaks, {}, trainable) + "\n")
+    peaks: dict[Setting, int] = {}
     if not args.no_memory:
-        for s in settings:
-            if device.type == "cuda":
-                peaks[s.name] = cuda_peak_bytes(steppers[s.name], x, targets)
-            else:
-                peaks[s.name] = cpu_peak_bytes_subprocess(s, args)
-            print(f"memory {s.label}: {peaks[s.name] / 2 ** 20:.0f} MiB", file=sys.stderr)
+        for s in block:
+            peaks[s] = (cuda_peak_bytes(steppers[s], x, targets) if device.type == "cuda"
+                        else cpu_peak_bytes_subprocess(s, args))
+            print(f"memory {s.label}: {peaks[s] / 2 ** 20:.0f} MiB", file=sys.stderr)
 
-    # inference: the base network against every merged one, interleaved, without gradients
-    base = build_network(args, deep_supervision=False).to(device).eval()
-    infer = {"base": base} | {s.name: inference_network(s, prepared[s.name][0]) for s in settings if s.method}
-    del prepared, steppers
-    inf_times: dict[str, list[float]] = {k: [] for k in infer}
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        for repeat in range(args.warmup + args.repeats):
-            for name, net in infer.items():
-                t = timed(lambda: net(x), device)
-                if repeat >= args.warmup:
-                    inf_times[name].append(t)
-    return report(args, settings, times, peaks, inf_times, trainable)
+    # merged inference: one network per method (the forward mode does not survive merging), against the base
+    inf_times: dict[object, list[float]] = {}
+    if not args.no_inference:
+        first = {}
+        for s in block:
+            if s.method:
+                first.setdefault(s.method, s)
+        infer = {"base": build_network(args, deep_supervision=False).to(device).eval()}
+        infer |= {s: inference_network(s, prepared[s][0]) for s in first.values()}
+        del prepared, steppers
+        inf_times = {k: [] for k in infer}
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            for repeat in range(args.warmup + args.repeats):
+                for key, net in infer.items():
+                    t = timed(lambda: net(x), device)
+                    if repeat >= args.warmup:
+                        inf_times[key].append(t)
+        for s in block:  # every mode of a method shares its merged network's time
+            if s.method and s not in inf_times:
+                inf_times[s] = inf_times[first[s.method]]
+    return {"times": times, "peaks": peaks, "inference": inf_times, "trainable": trainable, "tensors": tensors}
 
 
-def report(args, settings, times, peaks, inf_times, trainable) -> str:
-    med = {k: statistics.median(v) for k, v in times.items()}
-    inf = {k: statistics.median(v) for k, v in inf_times.items()}
-    base_inference = f"; base inference {inf['base']:.3f} s." if "base" in inf else "."
-    full = med["full"]
-    lines = [
+def run(args: argparse.Namespace) -> str:
+    device = torch.device(args.device)
+    x, targets = make_batch(args, device)
+    sections = [method_text(args)]
+    for block in blocks(args):
+        result = time_block(block, args, device, x, targets)
+        sections.append(report_block(block, result, args))
+        if args.out:  # what is done so far, in case a later block is interrupted
+            args.out.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    if args.per_layer:
+        sections.append(per_layer_report(args, device))
+    return "\n\n".join(sections)
+
+
+def method_text(args: argparse.Namespace) -> str:
+    """What exactly is measured, printed above the tables so that a table never travels without it."""
+    cuda = args.device.startswith("cuda")
+    threads = (f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
+               f"os.cpu_count() {os.cpu_count()}, CPUs in affinity mask {len(os.sched_getaffinity(0))}, "
+               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    return "\n".join([
         f"Machine: {machine(args)}",
         f"Network: 3d_fullres PlainConvUNet, {args.stages} stages, features "
-        f"{arch_kwargs(args.stages)['features_per_stage']}, batch {args.batch} x {args.patch}^3, "
-        f"rank {args.rank}, adapters on encoder + bottleneck + decoder; median of {args.repeats} steps after "
-        f"{args.warmup} warm-up. Full fine-tuning: {full:.3f} s/step"
-        + (f", {peaks['full'] / 2 ** 20:.0f} MiB peak" if peaks else "")
-        + base_inference,
-        "",
-        "| method | forward mode | train step / full FT | peak memory / full FT | merged inference / base | trainable params |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in settings:
-        method, mode = (s.method, s.mode) if s.method else (s.name, "-")
-        if s.name == "full":
-            method = "full fine-tuning"
-        elif s.name == "frozen":
-            method = "frozen floor (input grad only)"
-        mem = f"{peaks[s.name] / peaks['full']:.2f}" if peaks else "n/a"
-        merged = f"{inf[s.name] / inf['base']:.3f}" if s.name in inf else "-"
+        f"{arch_kwargs(args.stages)['features_per_stage']}, batch {args.batch} x {args.patch}^3, deep supervision.",
+        "Method:",
+        "- timed: one training step = forward in train mode, nnU-Net's deep-supervision weighting of a loss "
+        "(MSE against fixed random targets stands in for Dice + CE), backward, optimiser step, "
+        "zero_grad(set_to_none=True); the frozen floor (everything frozen, the input requires a gradient so the "
+        "backward still runs through every layer) has no optimiser step"
+        + (", under torch.autocast(float16) with a GradScaler, as nnU-Net trains on CUDA; " if cuda else "; float32, no autocast; ")
+        + ("torch.cuda.synchronize() around each step." if cuda else "wall clock (time.perf_counter) per step."),
+        f"- optimiser: {OPTIMIZER_TEXT}.",
+        f"- steps: {args.warmup} warm-up + {args.repeats} timed per setting; settings are interleaved step by step "
+        "within a block (one rank and placement, with its own full fine-tuning and frozen floor), the order rotated "
+        "every repeat; ratios are medians over the timed steps divided by the block's full fine-tuning median, the "
+        "mean ratio and each setting's min-max seconds are shown beside them.",
+        f"- threads: {threads}.",
+        "- memory: " + ("torch.cuda.max_memory_allocated over one step plus the network's parameters, buffers and "
+                        "optimiser state." if cuda else
+                        "peak resident set (VmHWM) of a fresh process per setting running two steps, minus its "
+                        "resident set before the network is built."),
+        "- merged inference: the base network against each method's merged network (HyPS: parallel part merged, "
+        "serial part kept), forward without gradients, same steps and statistic.",
+    ])
+
+
+def report_block(block: list[Setting], result: dict, args: argparse.Namespace) -> str:
+    times, peaks, inf_times = result["times"], result["peaks"], result["inference"]
+    med = {s: statistics.median(v) for s, v in times.items()}
+    mean = {s: statistics.fmean(v) for s, v in times.items()}
+    full = next(s for s in block if s.kind == "full" and set(s.placement) == set(PLACEMENTS))
+    rank = next((s.rank for s in block if s.rank), None)
+    where = placement_label(block[-1].placement)
+    inf = {k: statistics.median(v) for k, v in inf_times.items()}
+    head = (f"### rank {rank}, adapters on {where}\n\nFull fine-tuning: {med[full]:.3f} s/step (median)"
+            + (f", {peaks[full] / 2 ** 20:.0f} MiB peak" if peaks else "")
+            + (f"; base inference {inf['base']:.3f} s." if "base" in inf else "."))
+    lines = [head, "",
+             "| method | forward mode | rank | placement | train step / full FT (median) | mean | s/step min-max "
+             "| peak memory / full FT | merged inference / base | trainable params (tensors) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in block:
+        if s.method:
+            method = s.method
+            mode = s.mode + (" (default)" if METHODS[s.method].default_forward_mode == s.mode else "")
+        else:
+            method = ("full fine-tuning" if set(s.placement) == set(PLACEMENTS) else "fine-tuning")
+            method = "frozen floor (input grad only)" if s.kind == "frozen" else method
+            mode = "-"
+        mem = f"{peaks[s] / peaks[full]:.2f}" if peaks else "n/a"
+        merged = f"{inf[s] / inf['base']:.3f}" if s in inf else "-"
         if s.method and not METHODS[s.method].mergeable:
             merged += " (serial kept)"
-        default = " (default)" if s.method and METHODS[s.method].default_forward_mode == s.mode else ""
-        lines.append(f"| {method} | {mode}{default} | {med[s.name] / full:.2f} | {mem} | {merged} | {trainable[s.name]:,} |")
+        lines.append(
+            f"| {method} | {mode} | {s.rank or '-'} | {placement_label(s.placement)} | {med[s] / med[full]:.2f} "
+            f"| {mean[s] / mean[full]:.2f} | {min(times[s]):.3f}-{max(times[s]):.3f} | {mem} | {merged} "
+            f"| {result['trainable'][s]:,} ({result['tensors'][s]}) |")
     faster = []
     for method in args.methods:
-        modes = METHODS[method].forward_modes
+        modes = [s for s in block if s.method == method]
         if len(modes) > 1:
-            best = min(modes, key=lambda m: med[f"{method}/{m}"])
-            faster.append(f"{method}: {best}" + ("" if best == METHODS[method].default_forward_mode else
-                                                  f" (config default is {METHODS[method].default_forward_mode})"))
+            best = min(modes, key=lambda s: med[s])
+            default = METHODS[method].default_forward_mode
+            faster.append(f"{method}: {best.mode}" + ("" if best.mode == default else f" (config default is {default})"))
     if faster:
         lines += ["", "Faster forward mode per method: " + "; ".join(faster) + "."]
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------- per layer
+def network_layers(args: argparse.Namespace, device: torch.device) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``(name, layer, input shape)`` of every adaptable layer at the benchmark's batch and patch."""
+    net = build_network(args).to(device)
+    names = {id(layer): name for name, layer in target_convolutions(net, PLACEMENTS)}
+    shapes: dict[int, tuple[int, ...]] = {}
+
+    def record(module, inputs, output) -> None:  # a hook that returned a value would replace the output
+        shapes.setdefault(id(module), tuple(inputs[0].shape))
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if id(m) in names]
+    with torch.no_grad():
+        net(make_batch(args, device)[0])
+    for h in hooks:
+        h.remove()
+    return [(names[id(m)], m, shapes[id(m)]) for m in net.modules() if id(m) in shapes]
+
+
+def layer_signature(layer: nn.Module, shape: tuple[int, ...]) -> tuple:
+    return (type(layer).__name__, tuple(layer.weight.shape), layer.stride, layer.padding,
+            getattr(layer, "output_padding", None), shape)
+
+
+def per_layer_report(args: argparse.Namespace, device: torch.device) -> str:
+    """Forward + backward of each distinct layer of the network alone, in every forward mode, so that a
+    forward mode can be chosen per layer shape: the input gradient is computed (every layer but the first
+    passes one on), the loss is ``(y * g).sum()`` with a fixed random ``g``, no optimiser step."""
+    layers = network_layers(args, device)
+    distinct: dict[tuple, list] = {}
+    for name, layer, shape in layers:
+        distinct.setdefault(layer_signature(layer, shape), []).append((name, layer, shape))
+    methods = [m for m in args.per_layer_methods if m in LAYER_CLASSES]
+    amp = device.type == "cuda"
+    lines = [
+        "### per layer: forward + backward of one layer, ms (median), and / full fine-tuning of that layer",
+        "",
+        f"Rank {', '.join(map(str, args.ranks))}; {args.warmup} warm-up + {args.repeats} timed calls per entry, "
+        "interleaved per layer shape; full = weight and input gradients, frozen = input gradient only. "
+        "'count' is how many layers of the network have that shape and input.",
+        "",
+        "| layer (first of its shape) | count | kernel | input | full ms | frozen | method | rank | "
+        + " | ".join(MODE_ORDER) + " | fastest |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(MODE_ORDER) + "---|",
+    ]
+    for signature, members in distinct.items():
+        name, layer, shape = members[0]
+        first = members[0][1] is layers[0][1]
+        x = torch.randn(shape, device=device)
+        candidates: dict[tuple, nn.Module] = {}
+        full = copy.deepcopy(layer).requires_grad_(True)
+        candidates[("full",)] = full
+        candidates[("frozen",)] = copy.deepcopy(layer).requires_grad_(False)
+        for method in methods:
+            for rank in args.ranks:
+                for mode in METHODS[method].forward_modes:
+                    config = PeftConfig(method, rank=rank, forward_mode=mode)
+                    candidates[(method, rank, mode)] = LAYER_CLASSES[method](copy.deepcopy(layer), config).to(device).train()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            g = torch.randn_like(full(x))
+        times = {key: [] for key in candidates}
+        for repeat in range(args.warmup + args.repeats):
+            for key, module in candidates.items():
+                # the network's first layer passes no gradient on; the frozen floor always does (nothing else)
+                xin = x if first and key != ("frozen",) else x.detach().requires_grad_(True)
+
+                def step():
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                        y = module(xin)
+                    y.backward(g.to(y.dtype))
+                    module.zero_grad(set_to_none=True)
+
+                t = timed(step, device)
+                if repeat >= args.warmup:
+                    times[key].append(t)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        base = med[("full",)]
+        transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        cin, cout, *kernel = layer.weight.shape if transposed else (layer.weight.shape[1], layer.weight.shape[0],
+                                                                      *layer.weight.shape[2:])
+        kind = "convT" if transposed else "conv"
+        geometry = f"{kind} {cin}->{cout}, k{'x'.join(map(str, kernel))}, s{'x'.join(map(str, layer.stride))}"
+        for method in methods:
+            for rank in args.ranks:
+                cells, present = [], {}
+                for mode in MODE_ORDER:
+                    key = (method, rank, mode)
+                    if key in med:
+                        present[mode] = med[key]
+                        cells.append(f"{med[key] / base:.2f}")
+                    else:
+                        cells.append("-")
+                best = min(present, key=present.get)
+                lines.append(f"| {name.rstrip('/')} | {len(members)} | {geometry} | {'x'.join(map(str, shape))} | {base:.1f} "
+                             f"| {med[('frozen',)] / base:.2f} | {method} | {rank} | " + " | ".join(cells) + f" | {best} |")
+    return "\n".join(lines)
+
+
+MODE_ORDER = ("reconstruct", "chain", "projected")
+
+
 def machine(args: argparse.Namespace) -> str:
     if args.device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()} (AMP fp16), torch {torch.__version__}"
+        return (f"{torch.cuda.get_device_name()} (AMP fp16, cudnn.benchmark={torch.backends.cudnn.benchmark}), "
+                f"torch {torch.__version__}")
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -339,13 +564,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", type=int, default=None, help="network stages (default 5 on CPU, 6 on CUDA)")
     p.add_argument("--patch", type=int, default=None, help="cubic patch edge (default 64 on CPU, 128 on CUDA)")
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--ranks", type=int, nargs="+", default=[8], help="adapter ranks, one block of settings each")
+    p.add_argument("--placements", nargs="+", default=[ALL],
+                   help=f"'{ALL}' (encoder+bottleneck+decoder) or stages joined by '+', e.g. decoder, one block each")
+    p.add_argument("--modes", nargs="+", default=["all"],
+                   help="forward modes to time per method: 'all' it supports (default), 'default', or names "
+                        "(reconstruct, chain, projected); a method without any of them is left out")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per setting (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting first")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the CPUs this process may run on)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time each distinct layer of the network alone in every forward mode")
+    p.add_argument("--per-layer-methods", nargs="+", default=["lora_c", "cp_lora", "dora_c", "cp_dora", "hyps"],
+                   choices=list(LAYER_CLASSES), help="methods of the per-layer table")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    p.add_argument("--no-inference", action="store_true", help="skip the merged-inference measurement")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one CPU memory probe
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -353,8 +589,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--device cuda given but CUDA is not available")
     args.stages = args.stages or (6 if cuda else 5)
     args.patch = args.patch or (128 if cuda else 64)
+    if args.stages < 3:
+        p.error(f"--stages must be >= 3 (deep supervision needs two weighted outputs), got {args.stages}")
     if args.patch % 2 ** (args.stages - 1):
         p.error(f"--patch {args.patch} must be divisible by 2**(stages-1) = {2 ** (args.stages - 1)}")
+    if args.repeats < 1 or args.warmup < 0 or any(r < 1 for r in args.ranks):
+        p.error("--repeats and --ranks must be >= 1, --warmup >= 0")
+    try:
+        args.placements = [parse_placement(label) for label in args.placements]
+    except ValueError as err:
+        p.error(f"--placements: {err}")
+    args.methods = [m for m in args.methods if modes_of(m, args.modes)]
+    if not args.methods:
+        p.error(f"no method supports the forward modes {args.modes}")
+    args.threads = args.threads or len(os.sched_getaffinity(0))
     args.in_channels, args.classes = 1, 3
     return args
 
@@ -365,10 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         memory_probe(args)
         return 0
-    table = run(args)
-    print(table)
+    text = run(args)
+    print(text)
     if args.out:
-        args.out.write_text(table + "\n")
+        args.out.write_text(text + "\n", encoding="utf-8")
     return 0
 
 

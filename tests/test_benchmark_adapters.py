@@ -1,0 +1,84 @@
+"""scripts/benchmark_adapters.py on a tiny network: it runs, and its report says how it measured.
+
+No timing is checked (a test cannot know the machine); the report's structure, its method text and
+its bookkeeping (settings, ratios' denominators, trainable counts, per-layer shapes) are.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_adapters.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_adapters", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+TINY = ["--stages", "3", "--patch", "8", "--batch", "1", "--warmup", "0", "--repeats", "2", "--threads", "1"]
+
+
+def test_setting_names_round_trip(bench):
+    for setting in [bench.Setting("full"), bench.Setting("frozen"), bench.Setting("full", placement=("decoder",)),
+                    bench.Setting("cp_lora", "chain", 32, ("decoder",)),
+                    bench.Setting("lora_c", "reconstruct", 8, ("encoder", "bottleneck", "decoder"))]:
+        assert bench.Setting.parse(setting.name) == setting
+    assert bench.Setting("lora_c", "reconstruct", 8).name == "lora_c/reconstruct/r8@all"
+
+
+def test_arguments_are_checked(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--placements", "middle"])
+    assert "placement" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--stages", "2", "--patch", "8"])
+    args = bench.parse_args(["--modes", "chain"])
+    assert "conv_lora" not in args.methods and "cp_lora" in args.methods  # convLoRA has no chain
+    assert bench.modes_of("cp_lora", ["default"]) == ["chain"]
+
+
+def test_blocks_pair_every_rank_and_placement_with_its_own_baselines(bench):
+    args = bench.parse_args(["--ranks", "8", "32", "--placements", "all", "decoder", "--methods", "lora_c"])
+    blocks = bench.blocks(args)
+    assert len(blocks) == 4
+    for block in blocks:
+        assert block[0] == bench.Setting("full") and block[1] == bench.Setting("frozen")
+        methods = [s for s in block if s.method]
+        assert {s.mode for s in methods} == set(bench.METHODS["lora_c"].forward_modes)
+        assert len({(s.rank, s.placement) for s in methods}) == 1
+    decoder = [b for b in blocks if b[-1].placement == ("decoder",)]
+    assert all(bench.Setting("full", placement=("decoder",)) in b for b in decoder)
+
+
+def test_report_states_its_method_and_lists_every_setting(bench, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    assert bench.main([*TINY, "--methods", "cp_lora", "--ranks", "2", "--placements", "all", "decoder",
+                       "--no-memory", "--per-layer", "--per-layer-methods", "lora_c", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for needle in ["0 warm-up + 2 timed per setting", "SGD (lr 1e-2, momentum 0.99", "trainable tensors only",
+                   "torch threads", "float32, no autocast", "interleaved", "rotated every repeat"]:
+        assert needle in text, needle
+    rows = [line for line in text.splitlines() if line.startswith("| cp_lora |")]
+    assert len(rows) == 2 * len(bench.METHODS["cp_lora"].forward_modes)
+    assert sum("| decoder |" in r for r in rows) == len(bench.METHODS["cp_lora"].forward_modes)
+    full_rows = [line for line in text.splitlines() if line.startswith("| full fine-tuning |")]
+    assert len(full_rows) == 2 and all("| 1.00 | 1.00 |" in r for r in full_rows)  # each block's own denominator
+    # per layer: the 3-stage network has 8 distinct conv shapes and 2 upsamplers, one row per method and rank
+    layer_rows = [line for line in text.splitlines() if "| lora_c | 2 |" in line]
+    assert len(layer_rows) == 10 and sum("convT" in r for r in layer_rows) == 2
+    assert out.read_text(encoding="utf-8").strip() == text.strip()
+
+
+def test_memory_probe_builds_the_named_setting(bench, capsys):
+    assert bench.main([*TINY, "--memory-probe", "lora_c/reconstruct/r2@decoder"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peak_bytes"] >= 0
