@@ -555,7 +555,12 @@ def machine(args: argparse.Namespace) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, float32, torch {torch.__version__}"
+    # the vector ISA torch dispatches to and the oneDNN version decide how fast thin and depthwise
+    # convolutions run relative to wide ones, so two CPUs of one name can rank the forward modes differently
+    onednn = next((line.split("MKL-DNN", 1)[1].split("(")[0].strip() for line in torch.__config__.show().splitlines()
+                   if "MKL-DNN" in line), "n/a")
+    return (f"{cpu}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}, "
+            f"oneDNN {onednn}, float32, torch {torch.__version__}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
