@@ -38,10 +38,12 @@ def conv_layout(layer: nn.Module) -> torch.Tensor:
     return w.transpose(0, 1) if isinstance(layer, nn.modules.conv._ConvTransposeNd) else w
 
 
-def reference(layer, x, bias, B, A, magnitude, eps=1e-6):
+def reference(layer, x, bias, B, A, magnitude, eps=1e-6, offset=None):
     """Plain autograd: rebuild the kernel, one stock operation of the layer's own type."""
     base = conv_layout(layer)
     v = base + (B @ A.reshape(RANK, -1)).reshape(base.shape) * SCALING
+    if offset is not None:
+        v = v - offset
     if magnitude is not None:
         c = magnitude / v.flatten(1).norm(dim=1).detach().clamp_min(eps)
         v = v * c.reshape(-1, *([1] * (v.dim() - 1)))
@@ -259,3 +261,20 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="groups=1"):
         Geometry.of(nn.Conv2d(4, 4, 3, groups=2))
     assert projected.Geometry.of(nn.Linear(2, 3)).linear
+
+
+def test_offset_keeps_hyps_identity_bit_exact_and_its_gradients():
+    """HyPS: ``W = W0 + (s * B @ A - s * B0 @ A0)``; at init (``B, A = B0, A0``) the output is the frozen layer's."""
+    layer, x, bias, B, A, _ = make(LAYERS[4][1], LAYERS[4][2], torch.float32, dora=False)
+    base = conv_layout(layer)
+    offset = ((B @ A.reshape(RANK, -1)).reshape(base.shape) * SCALING).detach()
+    y = projected_lowrank(x, base, layer.bias, B, A, Geometry.of(layer), SCALING, offset=offset)
+    assert torch.equal(y, layer(x))
+    with torch.no_grad():
+        B.add_(0.1)
+    y = projected_lowrank(x, base, layer.bias, B, A, Geometry.of(layer), SCALING, offset=offset)
+    y_ref = reference(layer, x, layer.bias, B, A, None, offset=offset)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, B, A], g), torch.autograd.grad(y_ref, [x, B, A], g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

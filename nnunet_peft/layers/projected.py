@@ -145,9 +145,14 @@ def _rows(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def rebuild(base: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scaling: float, magnitude: torch.Tensor | None,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``W``, and for DoRA the per-channel scale ``c`` and the clamped norm ``||V||``."""
-    v = base + (B @ A.reshape(A.shape[0], -1)).reshape(base.shape) * scaling
+            eps: float, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``W``, and for DoRA the per-channel scale ``c`` and the clamped norm ``||V||``.
+
+    The operations are the adapters' own (``base + (B @ A) * s``, HyPS's ``base + (P - P0)``), so that the
+    kernel, and the output at initialisation, are bit-identical to the reconstruct mode's.
+    """
+    update = (B @ A.reshape(A.shape[0], -1)).reshape(base.shape) * scaling
+    v = base + (update if offset is None else update - offset)
     if magnitude is None:
         return v, None, None
     norm = v.flatten(1).norm(dim=1).clamp_min(eps)
@@ -159,31 +164,31 @@ class ProjectedLowRank(torch.autograd.Function):
     """``y = op(x, c * (base + s * B @ A), bias)``; see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, x, base, bias, B, A, magnitude, geo: Geometry, scaling: float, eps: float):
+    def forward(ctx, x, base, bias, B, A, magnitude, offset, geo: Geometry, scaling: float, eps: float):
         device_type = x.device.type
         amp = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if amp else x.dtype
         with torch.autocast(device_type, enabled=False):
-            weight, c, norm = rebuild(base, B, A, scaling, magnitude, eps)
+            weight, c, norm = rebuild(base, B, A, scaling, magnitude, eps, offset)
             x_c = x.to(dtype)
             y = _apply(x_c, weight.to(dtype), None if bias is None else bias.to(dtype), geo)
         ctx.geo, ctx.scaling, ctx.eps = geo, scaling, eps
         ctx.dora = magnitude is not None
         ctx.x_dtype = x.dtype
         # the output is saved only where DoRA's magnitude needs it, and it is the tensor the next layer keeps
-        ctx.save_for_backward(x_c, base, bias, B, A, magnitude, y if ctx.dora else None)
+        ctx.save_for_backward(x_c, base, bias, B, A, magnitude, offset, y if ctx.dora else None)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, base, bias, B, A, magnitude, y = ctx.saved_tensors
+        x, base, bias, B, A, magnitude, offset, y = ctx.saved_tensors
         geo, s = ctx.geo, ctx.scaling
         need_x, _, need_bias, need_B, need_A, need_m = ctx.needs_input_grad[:6]
         gx = gbias = gB = gA = gm = None
         with torch.autocast(g.device.type, enabled=False):
             g = g.to(x.dtype)
             with torch.no_grad():
-                weight, c, norm = rebuild(base, B, A, scaling=s, magnitude=magnitude, eps=ctx.eps)
+                weight, c, norm = rebuild(base, B, A, s, magnitude, ctx.eps, offset)
             if need_x:
                 gx = _input_grad(g, x, weight.to(x.dtype), geo).to(ctx.x_dtype)
             # dV = c * G: the projections use c * B in place of B (c == 1 without DoRA)
@@ -205,12 +210,12 @@ class ProjectedLowRank(torch.autograd.Function):
                 gm = torch.where(nonzero, from_output, from_factors) / norm
             if need_bias:
                 gbias = _channel_sum(g, geo).to(bias.dtype)
-        return gx, None, gbias, gB, gA, gm, None, None, None
+        return gx, None, gbias, gB, gA, gm, None, None, None, None
 
 
 def projected_lowrank(x: torch.Tensor, base: torch.Tensor, bias: torch.Tensor | None, B: torch.Tensor,
                       A: torch.Tensor, geometry: Geometry, scaling: float, magnitude: torch.Tensor | None = None,
-                      eps: float = 1e-6) -> torch.Tensor:
+                      eps: float = 1e-6, offset: torch.Tensor | None = None) -> torch.Tensor:
     """``op(x, W, bias)`` with ``W = W0 + s * B @ A`` (or its DoRA re-normalisation) in the projected mode.
 
     Args:
@@ -225,13 +230,17 @@ def projected_lowrank(x: torch.Tensor, base: torch.Tensor, bias: torch.Tensor | 
         scaling: ``s = alpha / r``.
         magnitude: DoRA's ``m`` (one per output channel), or None for plain low-rank.
         eps: floor of DoRA's column norm.
+        offset: a frozen term subtracted from the update, ``W = W0 + (s * B @ A - offset)`` (HyPS: its
+            initial principal part ``s * B0 @ A0``, so that the update is exactly zero at initialisation).
     """
-    if base.requires_grad:
+    if base.requires_grad or (offset is not None and offset.requires_grad):
         raise ValueError("projected mode: the frozen weight requires a gradient; its gradient is the full weight "
                          "gradient this mode avoids. Freeze the base layer (or use forward_mode='reconstruct').")
     r = B.shape[1]
     if B.shape[0] != base.shape[0] or A.numel() != r * base[0].numel():
         raise ValueError(f"projected mode: factors B {tuple(B.shape)} and A {tuple(A.shape)} do not multiply to the "
                          f"weight {tuple(base.shape)} (conv layout) with rank {r}")
+    if offset is not None and offset.shape != base.shape:
+        raise ValueError(f"projected mode: offset {tuple(offset.shape)} must have the weight's shape {tuple(base.shape)}")
     A = A.reshape(r, *base.shape[1:])
-    return ProjectedLowRank.apply(x, base, bias, B, A, magnitude, geometry, float(scaling), float(eps))
+    return ProjectedLowRank.apply(x, base, bias, B, A, magnitude, offset, geometry, float(scaling), float(eps))
