@@ -104,6 +104,9 @@ def plan_views_from_checkpoints(dataset: str | int, checkpoints: Sequence[str | 
         log(f"--- {view} view: {checkpoint}")
         paths[view] = plan_from_checkpoint(dataset, checkpoint, configuration=CONFIGURATION,
                                            plans_name=f"{plans_prefix}_{view}", log=log, **kwargs)
+    fingerprint = next(iter(paths.values())).parent / "dataset_fingerprint.json"
+    if fingerprint.is_file():  # the views keep the source's axes, which must be the target's slices too
+        _warn_if_not_axial(fingerprint, log)
     return paths
 
 
