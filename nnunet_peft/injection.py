@@ -7,13 +7,15 @@ import torch
 from torch import nn
 
 from nnunet_peft.config import PLACEMENTS, PeftConfig
-from nnunet_peft.layers.base import ConvAdapter, check_adaptable
+from nnunet_peft.layers.base import AdapterLayer, check_adaptable
 from nnunet_peft.layers.hyps import HyPSAdapter
+from nnunet_peft.layers.kinds import conv_layout_weight
 from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
 from nnunet_peft.layers.tensor import TENSOR_GROUPS, TensorGroupAdapter
-from nnunet_peft.placement import input_convolution, network_stages, replace_module, target_convolutions
+from nnunet_peft.placement import (fused_blocks, input_convolution, module_names, network_stages, replace_module,
+                                   target_modules)
 
-LAYER_CLASSES: dict[str, type[ConvAdapter]] = {
+LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
     "lora_c": LoRACAdapter,
     "dora_c": LoRACAdapter,
     "conv_lora": ConvLoRAAdapter,
@@ -27,9 +29,9 @@ GROUPS_ATTR = "peft_groups"
 CONFIG_ATTR = "peft_config"
 
 
-def adapter_layers(network: nn.Module) -> list[ConvAdapter]:
+def adapter_layers(network: nn.Module) -> list[AdapterLayer]:
     """Every adapter layer of ``network``, once each."""
-    return [m for m in network.modules() if isinstance(m, ConvAdapter)]
+    return [m for m in network.modules() if isinstance(m, AdapterLayer)]
 
 
 def get_config(network: nn.Module) -> PeftConfig | None:
@@ -37,7 +39,7 @@ def get_config(network: nn.Module) -> PeftConfig | None:
 
 
 def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True) -> nn.Module:
-    """Wrap the placed convolutions of ``network`` in adapters of ``config.method``, in place.
+    """Wrap the placed convolutions and Linear layers of ``network`` in adapters of ``config.method``, in place.
 
     Everything is frozen except the adapters and the segmentation heads (which every method trains).
     Adapters that derive from the kernels (DoRA magnitudes, SVD / t-SVD / CUR parts) are computed from
@@ -48,12 +50,13 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
         raise ValueError(f"config must be a PeftConfig, got {type(config).__name__}")
     if get_config(network) is not None or adapter_layers(network):
         raise ValueError("the network already holds adapters; build a fresh network (or merge_adapters first)")
-    targets = target_convolutions(network, config.placement)
+    targets = target_modules(network, config.placement)
     if config.train_input_conv:
         first = input_convolution(network)
         targets = [(where, conv) for where, conv in targets if conv is not first]
     if not targets:
-        raise ValueError(f"placement {config.placement} selects no convolution in {type(network).__name__}")
+        raise ValueError(f"placement {config.placement} selects no convolution or Linear layer in "
+                         f"{type(network).__name__}")
     for where, conv in targets:  # validate everything before changing anything
         check_adaptable(conv, config.method, where)
 
@@ -71,29 +74,30 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     return network
 
 
-def _conv_layout_shape(conv: nn.Module) -> tuple[int, ...]:
-    shape = tuple(conv.weight.shape)
-    transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-    return (shape[1], shape[0], *shape[2:]) if transposed else shape
+def _tensor_wrappers(network, targets, config, init_weights) -> list[AdapterLayer]:
+    """One group per conv-layout matrix shape, across stages (docs/METHODS.md, "The tensor family").
 
-
-def _tensor_wrappers(network, targets, config, init_weights) -> list[ConvAdapter]:
-    """One group per conv-layout kernel shape, across stages (docs/METHODS.md, "The tensor family")."""
-    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, (_, conv) in enumerate(targets):
-        by_shape[_conv_layout_shape(conv)].append(i)
+    A fused q/k/v projection (``fused_blocks``) contributes its three row blocks as three matrices, so
+    q, k and v group with the other square projections of the same width.
+    """
+    names = module_names(network)
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
+    slots: list[list[tuple[tuple[int, ...], int]]] = []  # per target: (shape, index in its group) per block
+    for _, layer in targets:
+        blocks = fused_blocks(layer, names.get(id(layer), []))
+        slots.append([])
+        for kernel in conv_layout_weight(layer).detach().chunk(blocks, dim=0):
+            shape = tuple(kernel.shape)
+            slots[-1].append((shape, len(by_shape[shape])))
+            by_shape[shape].append(kernel)
     groups = nn.ModuleDict()
-    wrappers: list[ConvAdapter] = [None] * len(targets)  # type: ignore[list-item]
-    for g, members in enumerate(by_shape.values()):
-        convs = [targets[i][1] for i in members]
-        kernels = [c.weight.detach().transpose(0, 1) if _conv_layout_shape(c) != tuple(c.weight.shape) else c.weight.detach()
-                   for c in convs]
-        group = TENSOR_GROUPS[config.method](kernels, config, init_weights=init_weights).to(kernels[0].device)
-        groups[f"group{g}"] = group
-        for index, (i, conv) in enumerate(zip(members, convs)):
-            wrappers[i] = TensorGroupAdapter(conv, config, group, index)
+    built = {}
+    for g, (shape, kernels) in enumerate(by_shape.items()):
+        built[shape] = TENSOR_GROUPS[config.method](kernels, config, init_weights=init_weights).to(kernels[0].device)
+        groups[f"group{g}"] = built[shape]
     network.add_module(GROUPS_ATTR, groups)
-    return wrappers
+    return [TensorGroupAdapter(layer, config, [(built[shape], index) for shape, index in slot])
+            for (_, layer), slot in zip(targets, slots)]
 
 
 def set_trainable(network: nn.Module, *, adapters: bool = False, heads: bool = False,

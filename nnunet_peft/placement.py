@@ -12,8 +12,13 @@ from torch import nn
 
 from nnunet_peft.architectures.multiview import MultiviewUNet
 from nnunet_peft.config import PLACEMENTS
+from nnunet_peft.layers.kinds import conv_layout_shape
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# what an adapter can wrap (nnunet_peft.layers.kinds): every convolution and Linear layer of a placed stage
+TARGET_TYPES = _CONVS + (nn.Linear,)
+FUSED_ATTR = "peft_fused_blocks"
+FUSED_QKV_NAME = "qkv"
 
 
 @dataclass(frozen=True)
@@ -70,16 +75,64 @@ def unique_modules(modules: tuple[nn.Module, ...], kind: type | tuple[type, ...]
     return found
 
 
-def target_convolutions(network: nn.Module, placement: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """``(stage name, conv)`` for every convolution an adapter goes on, in forward order."""
+def target_modules(network: nn.Module, placement: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """``(stage name/module name, layer)`` for every convolution and Linear layer an adapter goes on.
+
+    The layers are those of ``TARGET_TYPES`` inside the modules the placed stages list, so a stage
+    map leaves a module out of adaptation (one that takes no part in the forward pass, such as MONAI's
+    switched-off cross-attention) by not listing it.
+    """
     for p in placement:
         if p not in PLACEMENTS:
             raise ValueError(f"placement must be a subset of {PLACEMENTS}, got {p!r}")
     return [
-        (f"{stage.name}/{name}", conv)
+        (f"{stage.name}/{name}", layer)
         for stage in network_stages(network) if stage.placement in placement
-        for name, conv in unique_modules(stage.modules, _CONVS)
+        for name, layer in unique_modules(stage.modules, TARGET_TYPES)
     ]
+
+
+target_convolutions = target_modules  # the name from before Linear layers were targets
+
+
+def mark_fused(layer: nn.Module, blocks: int) -> nn.Module:
+    """Declare that ``layer``'s output rows are ``blocks`` equal matrices stacked (3 for a fused q/k/v
+    projection, in that order; 1 for a layer named ``qkv`` that is not one). Returns ``layer``.
+
+    The tensor methods (LoRA-PT, tCURLoRA) group each block as a matrix of its own; every other method
+    adapts the layer as one matrix. A plain attribute on the layer, not in its state dict.
+    """
+    rows = conv_layout_shape(layer)[0]
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or rows % blocks:
+        raise ValueError(f"blocks must be an integer >= 1 dividing the {rows} output rows of "
+                         f"{type(layer).__name__}, got {blocks!r}")
+    setattr(layer, FUSED_ATTR, blocks)
+    return layer
+
+
+def fused_blocks(layer: nn.Module, names: list[str]) -> int:
+    """Into how many matrices the tensor groups split ``layer`` (registered in the network as ``names``).
+
+    A marker set by ``mark_fused`` decides; otherwise a Linear registered under the name ``qkv`` whose
+    output is three equal blocks (MONAI's ``SABlock`` and SwinUNETR's ``WindowAttention``, timm's and
+    dynamic_network_architectures' fused Eva attention: ``out_features = 3 * inner_dim``) is a fused
+    q/k/v projection; any other layer is one matrix.
+    """
+    marked = getattr(layer, FUSED_ATTR, None)
+    if marked is not None:
+        return marked
+    named_qkv = any(name.rsplit(".", 1)[-1] == FUSED_QKV_NAME for name in names)
+    if isinstance(layer, nn.Linear) and named_qkv and layer.out_features % 3 == 0:
+        return 3
+    return 1
+
+
+def module_names(network: nn.Module) -> dict[int, list[str]]:
+    """Every name each module is registered under in ``network`` (aliases included), by ``id``."""
+    names: dict[int, list[str]] = {}
+    for name, m in network.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(name)
+    return names
 
 
 def input_convolution(network: nn.Module) -> nn.Module:

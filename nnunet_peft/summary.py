@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.base import AdapterLayer
 from nnunet_peft.layers.tensor import TensorGroupAdapter
 from nnunet_peft.placement import network_stages, unique_modules
 
@@ -29,7 +29,7 @@ def stage_rows(network: nn.Module) -> list[dict]:
                     seen.add(id(p))
                     total += p.numel()
                     trainable += p.numel() if p.requires_grad else 0
-        adapters = [m for _, m in unique_modules(stage.modules, ConvAdapter)]
+        adapters = [m for _, m in unique_modules(stage.modules, AdapterLayer)]
         for layer in adapters:
             if isinstance(layer, TensorGroupAdapter):
                 share = layer.num_trainable_parameters()

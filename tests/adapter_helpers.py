@@ -20,7 +20,8 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def conv_layout_shape(conv: nn.Module) -> tuple[int, ...]:
-    """``(Cout, Cin, k...)`` of a convolution; a transposed one stores ``(Cin, Cout, k...)``."""
+    """``(Cout, Cin, k...)`` of a convolution (a transposed one stores ``(Cin, Cout, k...)``), ``(out, in)``
+    of a Linear."""
     shape = tuple(conv.weight.shape)
     return (shape[1], shape[0], *shape[2:]) if isinstance(conv, _TRANSPOSED) else shape
 
@@ -28,7 +29,7 @@ def conv_layout_shape(conv: nn.Module) -> tuple[int, ...]:
 def layer_tensors(layer: nn.Module) -> list[nn.Parameter]:
     """The trainable tensors of one adapter layer, including the tensor group it reads from."""
     if isinstance(layer, TensorGroupAdapter):
-        return list(layer.group.parameters())
+        return [p for group in layer.groups for p in group.parameters()]
     return list(layer.adapter_parameters())
 
 
@@ -53,14 +54,16 @@ def perturb_(tensors: list[torch.Tensor], seed: int = 0, scale: float = 0.1) -> 
 
 
 def expected_layer_count(method: str, shape: tuple[int, ...], rank: int, serial_width: int | None = None) -> int:
-    """docs/METHODS.md's trainable-parameter formula for one low-rank / HyPS layer of conv-layout ``shape``."""
+    """docs/METHODS.md's trainable-parameter formula for one low-rank / HyPS layer of conv-layout ``shape``
+    (``(out, in)`` for a Linear)."""
     cout, cin, *kernel = shape
     k = math.prod(kernel)
     base = method.replace("dora", "lora")
     if base == "lora_c":
         n = rank * (cin * k + cout)
     elif base == "conv_lora":
-        n = rank * kernel[0] * (cin * kernel[0] + cout * math.prod(kernel[1:]))
+        k1 = kernel[0] if kernel else 1  # a Linear has no kernel axis: LoRA-C's count
+        n = rank * k1 * (cin * k1 + cout * math.prod(kernel[1:]))
     elif base == "cp_lora":
         n = rank * (cout + cin + sum(kernel))  # lam folded into the factors
     elif method == "hyps":

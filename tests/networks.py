@@ -22,7 +22,7 @@ REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 class NetSpec:
     """A tiny plan: architecture, dimensionality and the input patch it is run on."""
 
-    arch: str  # "plain" or "resenc"
+    arch: str  # "plain", "resenc" or "token" (tests/token_networks.py: Linear layers, fused qkv)
     ndim: int  # 2 or 3
     in_channels: int = 2
     num_classes: int = 3
@@ -33,11 +33,14 @@ class NetSpec:
 
     @property
     def patch(self) -> tuple[int, ...]:
+        if self.arch == "token":  # two 2x downsamplings
+            return (4, 8, 8) if self.ndim == 3 else (8, 8)
         # 3-D: the first axis is only halved twice (anisotropic first stage), so 8 slices suffice
         return (8, 16, 16) if self.ndim == 3 else (16, 16)
 
 
 NET_SPECS = [NetSpec("plain", 2), NetSpec("plain", 3), NetSpec("resenc", 2), NetSpec("resenc", 3)]
+TOKEN_SPECS = [NetSpec("token", 2), NetSpec("token", 3)]
 
 
 def arch_kwargs(spec: NetSpec) -> dict:
@@ -80,6 +83,10 @@ def arch_kwargs(spec: NetSpec) -> dict:
 def build_network(spec: NetSpec, seed: int = 0, deep_supervision: bool = True) -> nn.Module:
     """A freshly initialised network of ``spec``; the same seed gives the same weights."""
     torch.manual_seed(seed)
+    if spec.arch == "token":
+        from token_networks import TokenUNet
+
+        return TokenUNet(spec.ndim, spec.in_channels, spec.num_classes, deep_supervision).float().eval()
     net = get_network_from_plans(
         PLAIN if spec.arch == "plain" else RESENC, arch_kwargs(spec), REQUIRES_IMPORT,
         spec.in_channels, spec.num_classes, allow_init=True, deep_supervision=deep_supervision,

@@ -1,10 +1,11 @@
 """Adapter layers on their own, against the formulas of docs/METHODS.md written out independently.
 
-Each layer's forward pass, in every forward mode, must equal one convolution with
-``W0 + dW`` where ``dW`` is computed here from the layer's factors by the specification's
+Each layer's forward pass, in every forward mode, must equal one convolution (or ``F.linear``)
+with ``W0 + dW`` where ``dW`` is computed here from the layer's factors by the specification's
 formula, for plain and transposed convolutions with strides, padding, output padding,
-dilation, anisotropic kernels and biases. The tensor family is checked against the
-Fourier-domain definition of the t-product.
+dilation, anisotropic kernels and biases, and for Linear layers on token ``(B, N, C)`` and
+channels-last ``(B, D, H, W, C)`` inputs. The tensor family is checked against the
+Fourier-domain definition of the t-product, including a fused q/k/v projection.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ GEOMETRIES = [
     ("convT2d-k3-s2-outpad", lambda: nn.ConvTranspose2d(5, 3, 3, stride=2, padding=1, output_padding=1, bias=False), (4, 5)),
     ("convT3d-k122-s122", lambda: nn.ConvTranspose3d(6, 4, (1, 2, 2), stride=(1, 2, 2)), (3, 4, 5)),
     ("convT3d-k3-s2-outpad", lambda: nn.ConvTranspose3d(5, 3, 3, stride=2, padding=1, output_padding=(1, 0, 1)), (3, 4, 3)),
+    # a Linear's input is channels-last: the shape given is the leading axes, (B, N) or (B, D, H, W)
+    ("linear-tokens-bias", lambda: nn.Linear(6, 5), (2, 7)),
+    ("linear-3d-map-nobias", lambda: nn.Linear(4, 7, bias=False), (2, 3, 2, 4)),
+    ("linear-qkv-bias", lambda: nn.Linear(4, 12), (3, 5)),
 ]
 GEOMETRY_IDS = [g[0] for g in GEOMETRIES]
 LAYER_METHOD_MODES = [(m, mode) for m in LOWRANK for mode in METHODS[m].forward_modes]
@@ -48,7 +53,9 @@ def make_base(factory, seed: int = 0) -> nn.Module:
 
 
 def conv_with(base: nn.Module, x: torch.Tensor, weight_conv_layout: torch.Tensor) -> torch.Tensor:
-    """``base``'s operation with another kernel: one stock convolution, the reference."""
+    """``base``'s operation with another kernel: one stock convolution or ``F.linear``, the reference."""
+    if isinstance(base, nn.Linear):
+        return F.linear(x, weight_conv_layout, base.bias)
     reference = type(base)(**{**constructor_kwargs(base)}).double()
     with torch.no_grad():
         reference.weight.copy_(weight_conv_layout.transpose(0, 1) if isinstance(base, nn.modules.conv._ConvTransposeNd)
@@ -98,7 +105,10 @@ def reference_weight(layer: nn.Module, method: str) -> torch.Tensor:
 
 def reference_forward(layer: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
     y = conv_with(layer.base_layer, x, reference_weight(layer, method))
-    if method == "hyps":  # serial bottleneck: y + s * Up(GELU(Down(y))), 1x1 convolutions
+    if method == "hyps" and isinstance(layer.base_layer, nn.Linear):  # a Linear bottleneck on the last axis
+        h = torch.einsum("dc,...c->...d", layer.serial_down, y)
+        y = y + layer.scaling * torch.einsum("cd,...d->...c", layer.serial_up, F.gelu(h))
+    elif method == "hyps":  # serial bottleneck: y + s * Up(GELU(Down(y))), 1x1 convolutions
         h = torch.einsum("dc,bc...->bd...", layer.serial_down, y)
         y = y + layer.scaling * torch.einsum("cd,bd...->bc...", layer.serial_up, F.gelu(h))
     return y
@@ -106,7 +116,8 @@ def reference_forward(layer: nn.Module, method: str, x: torch.Tensor) -> torch.T
 
 def make_input(base: nn.Module, spatial: tuple[int, ...], seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((2, base.in_channels, *spatial), generator=g, dtype=torch.float64)
+    shape = (*spatial, base.in_features) if isinstance(base, nn.Linear) else (2, base.in_channels, *spatial)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
 @pytest.mark.parametrize(("name", "factory", "spatial"), GEOMETRIES, ids=GEOMETRY_IDS)
@@ -130,7 +141,10 @@ def test_layer_forward_equals_one_conv_with_the_specified_kernel(method, mode, n
     assert torch.allclose(layer.adapted_weight(), reference_weight(layer, method), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("name", "factory", "spatial"), GEOMETRIES[:4], ids=GEOMETRY_IDS[:4])
+MERGE_GEOMETRIES = GEOMETRIES[:4] + GEOMETRIES[-3:-1]
+
+
+@pytest.mark.parametrize(("name", "factory", "spatial"), MERGE_GEOMETRIES, ids=[g[0] for g in MERGE_GEOMETRIES])
 @pytest.mark.parametrize("method", ["lora_c", "cp_dora", "hyps"])
 def test_merge_and_unmerge_of_a_layer(method, name, factory, spatial):
     base = make_base(factory)
@@ -228,9 +242,18 @@ def test_tcur_selects_columns_and_rows_by_norm_summed_over_frequencies():
     assert torch.equal(group.R, t[[3]])
 
 
+def reference_group_delta(group, method: str) -> torch.Tensor:
+    """The unscaled update of every slice by the Fourier definitions of the t-product and t-transpose."""
+    if method == "lora_pt":  # residual + principal: T + s * (P(U, S, V) - P(U0, S0, V0))
+        p = lambda u, s_, v: fourier_product(fourier_product(u, s_), fourier_conj_transpose(v))
+        return p(group.U, group.S, group.V) - p(group.U0, group.S0, group.V0)
+    return fourier_product(group.C, fourier_product(group.U - group.U0, group.R))  # T - C U0 R + C U R
+
+
 GROUP_GEOMETRIES = [
     ("conv3d", lambda: nn.Conv3d(4, 5, (1, 3, 3), padding=(0, 1, 1)), (3, 6, 5)),
     ("convT2d", lambda: nn.ConvTranspose2d(4, 3, 2, stride=2), (4, 5)),
+    ("linear", lambda: nn.Linear(6, 4), (2, 3, 4, 2)),
 ]
 
 
@@ -241,19 +264,83 @@ def test_tensor_group_layers_equal_one_conv_with_the_specified_kernel(method, na
     config = PeftConfig(method, rank=2, alpha=3)
     kernels = [b.weight.detach().transpose(0, 1) if isinstance(b, nn.ConvTranspose2d) else b.weight.detach() for b in bases]
     group = (LoRAPTGroup if method == "lora_pt" else TCURGroup)(kernels, config).double()
-    layers = [TensorGroupAdapter(b, config, group, i) for i, b in enumerate(bases)]
+    layers = [TensorGroupAdapter(b, config, [(group, i)]) for i, b in enumerate(bases)]
     x = make_input(bases[0], spatial)
     with torch.no_grad():
         for b, layer in zip(bases, layers):
             assert torch.equal(layer(x), b(x))  # exact at init
         perturb_(list(group.parameters()), seed=4)
-        if method == "lora_pt":  # residual + principal: T + s * (P(U, S, V) - P(U0, S0, V0))
-            p = lambda u, s_, v: fourier_product(fourier_product(u, s_), fourier_conj_transpose(v))
-            delta = p(group.U, group.S, group.V) - p(group.U0, group.S0, group.V0)
-        else:  # T - C U0 R + C U R
-            delta = fourier_product(group.C, fourier_product(group.U - group.U0, group.R))
-        t = group.stack(kernels) + config.scaling * delta
+        t = group.stack(kernels) + config.scaling * reference_group_delta(group, method)
         for i, (b, layer) in enumerate(zip(bases, layers)):
             expected = conv_with(b, x, t[:, :, i].reshape(conv_layout_shape(b)))
             assert (expected - b(x)).abs().max() > 1e-3
             assert torch.allclose(layer(x), expected, rtol=0, atol=1e-10 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["lora_pt", "tcur_lora"])
+def test_fused_qkv_layer_reads_three_slices_of_a_group(method):
+    """A fused q/k/v Linear is three matrices of its group: q, k and v stacked, beside an output projection."""
+    qkv, proj = make_base(lambda: nn.Linear(4, 12), seed=0), make_base(lambda: nn.Linear(4, 4), seed=1)
+    config = PeftConfig(method, rank=2, alpha=3)
+    kernels = [*qkv.weight.detach().chunk(3, dim=0), proj.weight.detach()]
+    group = (LoRAPTGroup if method == "lora_pt" else TCURGroup)(kernels, config).double()
+    fused = TensorGroupAdapter(qkv, config, [(group, 0), (group, 1), (group, 2)])
+    single = TensorGroupAdapter(proj, config, [(group, 3)])
+    assert fused.num_trainable_parameters() == 3 * single.num_trainable_parameters()
+    x = make_input(qkv, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(fused(x), qkv(x)) and torch.equal(single(x), proj(x))
+        perturb_(list(group.parameters()), seed=5)
+        t = group.stack(kernels) + config.scaling * reference_group_delta(group, method)
+        expected = conv_with(qkv, x, torch.cat([t[:, :, 0], t[:, :, 1], t[:, :, 2]], dim=0))
+        assert (expected - qkv(x)).abs().max() > 1e-3
+        assert torch.allclose(fused(x), expected, rtol=0, atol=1e-10 * expected.abs().max().item())
+        assert torch.allclose(single(x), conv_with(proj, x, t[:, :, 3]), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="do not stack along the output rows"):
+        TensorGroupAdapter(qkv, config, [(group, 0), (group, 1)])
+
+
+@pytest.mark.parametrize("method", ["lora_pt", "tcur_lora"])
+def test_delta_slice_equals_the_slice_of_the_full_delta(method):
+    kernels = random_kernels((5, 3, 2), 4)
+    group = (LoRAPTGroup if method == "lora_pt" else TCURGroup)(kernels, PeftConfig(method, rank=2, alpha=5))
+    with torch.no_grad():
+        perturb_(list(group.parameters()), seed=6)
+        full = group.scaling * reference_group_delta(group, method)
+        assert torch.allclose(group.delta(), full, atol=1e-12)
+        for i in range(4):
+            assert torch.allclose(group.delta_slice(i), full[:, :, i].reshape(5, 3, 2), atol=1e-12)
+
+
+def test_linear_layers_reduce_to_lora():
+    """On a Linear (K = 1) convLoRA is LoRA-C, CP-LoRA a rank-r product U_out U_in^T, all with r*(in+out)
+    parameters; a geometry override has no meaning and is refused."""
+    base = make_base(lambda: nn.Linear(6, 5))
+    layers = {m: LOWRANK[m](base, PeftConfig(m, rank=3)).double() for m in ("lora_c", "conv_lora", "cp_lora")}
+    assert {m: layer.num_trainable_parameters() for m, layer in layers.items()} == dict.fromkeys(layers, 3 * (6 + 5))
+    assert layers["conv_lora"].lora_A.shape == layers["lora_c"].lora_A.shape == (3, 6)
+    cp = layers["cp_lora"]
+    assert len(cp.cp_spatial) == 0
+    with torch.no_grad():
+        perturb_(list(cp.adapter_parameters()), seed=7)
+    assert torch.allclose(cp.delta_weight(), cp.scaling * cp.cp_out @ cp.cp_in.t(), atol=1e-12)
+    with pytest.raises(ValueError, match="no geometry to override"):
+        cp.base_op(torch.zeros(2, 6, dtype=torch.float64), cp.base_weight(), stride=2)
+
+
+@pytest.mark.parametrize("rank", [2, 8])
+def test_parafac_init_of_a_linear_layer_is_its_truncated_svd(rank):
+    """A matrix's best rank-r CP decomposition is its truncated SVD: U_in holds the leading right
+    singular vectors (unit columns), then seeded random unit columns beyond min(in, out) = 5."""
+    base = make_base(lambda: nn.Linear(6, 5))
+    layer = CPLoRAAdapter(base, PeftConfig("cp_lora", rank=rank, cp_init="parafac")).double()
+    _, _, vh = torch.linalg.svd(base.weight.detach())
+    k = min(rank, 5)
+    assert torch.allclose(layer.cp_in[:, :k].abs(), vh[:k].t().abs(), atol=1e-10)
+    assert torch.allclose(layer.cp_in.norm(dim=0), torch.ones(rank, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(layer.cp_out, torch.zeros(5, rank, dtype=torch.float64))
+    again = CPLoRAAdapter(base, PeftConfig("cp_lora", rank=rank, cp_init="parafac")).double()
+    assert torch.equal(again.cp_in, layer.cp_in)  # the same weight gives the same factors
+    x = make_input(base, (3, 4))
+    with torch.no_grad():
+        assert torch.equal(layer(x), base(x))

@@ -1,4 +1,5 @@
-"""The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D).
+"""The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D) and on a
+tiny transformer U-Net whose Linear layers include a fused q/k/v projection (tests/token_networks.py).
 
 Every property of the issue's bar is checked for every method and forward mode, on every
 network class and dimensionality, and for each placement on its own: identity at
@@ -16,18 +17,26 @@ from adapter_helpers import (
     DORA_METHODS, MERGEABLE_METHOD_MODES, METHOD_MODE_IDS, METHOD_MODES, adapter_tensors, conv_layout_shape,
     expected_group_count, expected_layer_count, layer_tensors, perturb_,
 )
-from networks import NET_SPECS, build_network, outputs, pretrained_network, random_input
+from networks import NET_SPECS, TOKEN_SPECS, build_network, outputs, pretrained_network, random_input
 from nnunet_peft import (
     METHODS, PLACEMENTS, PeftConfig, adapter_layers, adapter_state_dict, count_parameters, inject_adapters,
     load_adapter, merge_adapters, save_adapter, trainable_parameter_table,
 )
 from nnunet_peft.injection import GROUPS_ATTR
-from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.base import AdapterLayer
 from nnunet_peft.layers.lowrank import LoRACAdapter
-from nnunet_peft.placement import network_stages, replace_module, target_convolutions, unique_modules
+from nnunet_peft.layers.tensor import TensorGroupAdapter
+from nnunet_peft.placement import Stage, mark_fused, network_stages, replace_module, target_modules, unique_modules
 from nnunet_peft.summary import stage_rows
 
 NET_IDS = [s.id for s in NET_SPECS]
+# the CNNs and the transformer U-Net: every method on convolutions and Linear layers alike
+ADAPTER_SPECS = NET_SPECS + TOKEN_SPECS
+ADAPTER_IDS = [s.id for s in ADAPTER_SPECS]
+# each placement on its own for the CNNs; the transformer U-Net with all three at once (every stage is
+# still checked on its own where it matters, and the suite stays fast)
+SPEC_PLACEMENTS = [(s, (p,)) for s in NET_SPECS for p in PLACEMENTS] + [(s, PLACEMENTS) for s in TOKEN_SPECS]
+SPEC_PLACEMENT_IDS = [f"{s.id}-{'+'.join(p)}" for s, p in SPEC_PLACEMENTS]
 DORA_METHOD_MODES = [(m, mode) for m, mode in METHOD_MODES if m in DORA_METHODS]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -45,32 +54,41 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
+def frozen_pretrained(spec, seed: int = 0) -> nn.Module:
+    """The pretrained network with every weight frozen, as the adapted network's unadapted layers are.
+
+    The reference for exact comparisons: on an input of more than two axes that is not contiguous (a
+    channels-last view), ``F.linear`` sums in another order when its weight requires a gradient, so
+    a Linear layer's output depends on that flag in the last bits (convolutions do not).
+    """
+    return pretrained_network(spec, seed=seed).requires_grad_(False)
+
+
 def adapted(spec, method: str, mode: str, placement=PLACEMENTS, rank: int = 3, seed: int = 0) -> nn.Module:
     net = pretrained_network(spec, seed=seed)
     return inject_adapters(net, PeftConfig(method, rank=rank, placement=tuple(placement), forward_mode=mode))
 
 
 # ----------------------------------------------------------------------------------- identity
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
 @pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
 def test_identity_at_init(method, mode, spec, placement):
     x = random_input(spec)
     with torch.no_grad():
-        reference = outputs(pretrained_network(spec), x)
-        net = adapted(spec, method, mode, (placement,))
+        reference = outputs(frozen_pretrained(spec), x)
+        net = adapted(spec, method, mode, placement)
         assert adapter_layers(net), "no adapter was injected"
         got = outputs(net, x)
     assert max_abs_diff(got, reference) <= identity_tolerance(method, mode, reference[0])
 
 
-@pytest.mark.parametrize("spec", NET_SPECS[:2], ids=NET_IDS[:2])
+@pytest.mark.parametrize("spec", NET_SPECS[:2] + TOKEN_SPECS[:1], ids=NET_IDS[:2] + [TOKEN_SPECS[0].id])
 @pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
 def test_rank_above_layer_dimensions_is_accepted(method, mode, spec):
     # rank 40 exceeds min(Cout, Cin*K) of every layer of these networks (features 4..16)
     x = random_input(spec)
     with torch.no_grad():
-        reference = outputs(pretrained_network(spec), x)
+        reference = outputs(frozen_pretrained(spec), x)
         net = adapted(spec, method, mode, rank=40)
         got = outputs(net, x)
         assert max_abs_diff(got, reference) <= identity_tolerance(method, mode, reference[0])
@@ -81,17 +99,16 @@ def test_rank_above_layer_dimensions_is_accepted(method, mode, spec):
 
 
 # --------------------------------------------------------------------------------------- live
-def stage_adapter_layers(stage) -> list[ConvAdapter]:
-    return [m for _, m in unique_modules(stage.modules, ConvAdapter)]
+def stage_adapter_layers(stage) -> list[AdapterLayer]:
+    return [m for _, m in unique_modules(stage.modules, AdapterLayer)]
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
 @pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
 def test_every_targeted_stage_is_live(method, mode, spec, placement):
     """Perturbing the adapters of any one targeted stage changes the output, and every adapter layer
     runs in the forward pass (an adapter reachable only as ``.conv`` would never run)."""
-    net = adapted(spec, method, mode, (placement,))
+    net = adapted(spec, method, mode, placement)
     x = random_input(spec)
     calls: dict[int, int] = {}
     for layer in adapter_layers(net):
@@ -99,7 +116,7 @@ def test_every_targeted_stage_is_live(method, mode, spec, placement):
     with torch.no_grad():
         reference = outputs(net, x)
         assert {id(m) for m in adapter_layers(net)} == set(calls), "an adapter layer is not in the forward pass"
-        stages = [s for s in network_stages(net) if s.placement == placement]
+        stages = [s for s in network_stages(net) if s.placement in placement]
         assert stages
         for i, stage in enumerate(stages):
             layers = stage_adapter_layers(stage)
@@ -136,11 +153,10 @@ def test_replacing_only_dot_conv_leaves_the_adapter_out(spec):
 
 
 # -------------------------------------------------------------------------------------- merge
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
 @pytest.mark.parametrize(("method", "mode"), MERGEABLE_METHOD_MODES, ids=[f"{m}-{o}" for m, o in MERGEABLE_METHOD_MODES])
 def test_merge_equals_unmerged_and_loads_into_a_stock_network(method, mode, spec, placement):
-    net = adapted(spec, method, mode, (placement,)).double()  # float64: the comparison is about algebra
+    net = adapted(spec, method, mode, placement).double()  # float64: the comparison is about algebra
     perturb_(adapter_tensors(net))
     x = random_input(spec, dtype=torch.float64)
     with torch.no_grad():
@@ -181,7 +197,7 @@ def normalised_dora_magnitudes(network: nn.Module) -> list[nn.Parameter]:
     found = []
     for block in network.modules():
         conv, norm = getattr(block, "conv", None), getattr(block, "norm", None)
-        if isinstance(conv, ConvAdapter) and isinstance(norm, nn.modules.instancenorm._InstanceNorm):
+        if isinstance(conv, AdapterLayer) and isinstance(norm, nn.modules.instancenorm._InstanceNorm):
             if hasattr(conv, "dora_magnitude"):
                 found.append(conv.dora_magnitude)
     return found
@@ -202,11 +218,10 @@ def test_dora_magnitude_before_instance_norm_is_scale_invariant():
         assert max_abs_diff(outputs(net, x), reference) < 1e-3
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
 @pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
 def test_two_sgd_steps_move_every_adapter_tensor_and_nothing_frozen(method, mode, spec, placement):
-    net = adapted(spec, method, mode, (placement,)).train()
+    net = adapted(spec, method, mode, placement).train()
     heads = {id(p) for p in net.decoder.seg_layers.parameters()}
     adapters = {id(p) for p in adapter_tensors(net)}
     trainable = {name: p for name, p in net.named_parameters() if p.requires_grad}
@@ -241,24 +256,28 @@ def test_two_sgd_steps_move_every_adapter_tensor_and_nothing_frozen(method, mode
 
 # ------------------------------------------------------------------------------------- counts
 @pytest.mark.parametrize("rank", [3, 40], ids=["rank3", "rank40"])
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_trainable_counts_follow_the_formulas(method, spec, placement, rank):
     net = pretrained_network(spec)
-    targets = [conv for _, conv in target_convolutions(net, (placement,))]
+    named = target_modules(net, placement)
+    targets = [conv for _, conv in named]
     heads = sum(p.numel() for p in net.decoder.seg_layers.parameters())
-    inject_adapters(net, PeftConfig(method, rank=rank, placement=(placement,)))
+    inject_adapters(net, PeftConfig(method, rank=rank, placement=placement))
     layers = adapter_layers(net)
     assert {id(layer.base_layer) for layer in layers} == {id(conv) for conv in targets}
     if METHODS[method].family == "tensor":
+        # a fused q/k/v projection (the token network's ``attn.qkv``) is three matrices of a third of its rows
+        blocks = {id(conv): [(shape[0] // 3, *shape[1:])] * 3 if where.endswith(".qkv") else [shape]
+                  for where, conv in named for shape in [conv_layout_shape(conv)]}
         groups: dict[tuple, int] = {}
-        for conv in targets:
-            groups[conv_layout_shape(conv)] = groups.get(conv_layout_shape(conv), 0) + 1
+        for shape in (shape for conv in targets for shape in blocks[id(conv)]):
+            groups[shape] = groups.get(shape, 0) + 1
         expected = sum(expected_group_count(method, shape, n, rank) for shape, n in groups.items())
         for layer in layers:
-            n = groups[conv_layout_shape(layer.base_layer)]
-            assert layer.num_trainable_parameters() * n == expected_group_count(method, conv_layout_shape(layer.base_layer), n, rank)
+            share = sum(expected_group_count(method, shape, groups[shape], rank) // groups[shape]
+                        for shape in blocks[id(layer.base_layer)])
+            assert layer.num_trainable_parameters() == share
     else:
         for layer in layers:
             assert layer.num_trainable_parameters() == expected_layer_count(method, conv_layout_shape(layer.base_layer), rank)
@@ -283,16 +302,16 @@ def test_per_stage_table_adds_up(method):
 
 
 # --------------------------------------------------------------------------------------- DoRA
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize("spec", ADAPTER_SPECS, ids=ADAPTER_IDS)
 @pytest.mark.parametrize(("method", "mode"), DORA_METHOD_MODES, ids=[f"{m}-{o}" for m, o in DORA_METHOD_MODES])
 def test_dora_with_an_all_zero_output_channel_stays_finite(method, mode, spec):
     net = pretrained_network(spec)
     with torch.no_grad():
-        for _, conv in target_convolutions(net, PLACEMENTS):  # output channel 0 of every target: all zero
+        for _, conv in target_modules(net, PLACEMENTS):  # output channel 0 of every target: all zero
             (conv.weight[:, 0] if conv_layout_shape(conv) != tuple(conv.weight.shape) else conv.weight[0]).zero_()
     x = random_input(spec)
     with torch.no_grad():
-        reference = outputs(net, x)
+        reference = outputs(net.requires_grad_(False), x)  # see frozen_pretrained
     inject_adapters(net, PeftConfig(method, rank=3, forward_mode=mode))
     with torch.no_grad():
         assert max_abs_diff(outputs(net, x), reference) == 0.0
@@ -305,7 +324,7 @@ def test_dora_with_an_all_zero_output_channel_stays_finite(method, mode, spec):
 
 
 # ---------------------------------------------------------------------------------- save/load
-@pytest.mark.parametrize("spec", NET_SPECS, ids=NET_IDS)
+@pytest.mark.parametrize("spec", ADAPTER_SPECS, ids=ADAPTER_IDS)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_save_load_round_trip_is_exact(method, spec, tmp_path):
     net = adapted(spec, method, None)
@@ -364,3 +383,90 @@ def test_adapters_follow_the_dtype_of_the_network(method, mode):
         net = inject_adapters(pretrained_network(spec).double(), PeftConfig(method, rank=3, forward_mode=mode))
         assert all(p.dtype == torch.float64 for p in adapter_tensors(net))
         assert max_abs_diff(outputs(net, x), reference) <= 1e-12 * max(1.0, reference[0].abs().max().item())
+
+
+# ------------------------------------------------------------------------------ Linear layers
+def linear_group_sizes(net: nn.Module) -> dict[tuple[int, ...], int]:
+    return {g.kernel_shape: g.num_layers for g in getattr(net, GROUPS_ATTR).values() if len(g.kernel_shape) == 2}
+
+
+@pytest.mark.parametrize("method", ["lora_pt", "tcur_lora"])
+def test_fused_qkv_contributes_q_k_and_v_to_the_tensor_groups(method):
+    """The token network's ``attn.qkv`` (16 -> 48) is three 16x16 matrices, grouped with the output
+    projection and the decoder's 16x16 mix; the bottleneck's separate q, k, v join its projection."""
+    spec = TOKEN_SPECS[0]
+    net = adapted(spec, method, None)
+    qkv = net.encoder.stages[1].blocks[0].attn.qkv
+    assert isinstance(qkv, TensorGroupAdapter) and [i for _, i in qkv.slices] == [0, 1, 2]
+    assert linear_group_sizes(net) == {(16, 16): 5, (64, 16): 1, (16, 64): 1, (32, 64): 1, (32, 32): 4,
+                                       (128, 32): 1, (32, 128): 1, (8, 8): 1}
+    # one Linear for the matrix methods, three matrices here: the count is three per-matrix shares
+    assert qkv.num_trainable_parameters() == 3 * net.encoder.stages[1].blocks[0].attn.proj.num_trainable_parameters()
+
+    plain = pretrained_network(spec)
+    mark_fused(plain.encoder.stages[1].blocks[0].attn.qkv, 1)  # a layer named qkv that is one matrix
+    inject_adapters(plain, PeftConfig(method, rank=3))
+    assert linear_group_sizes(plain)[(16, 16)] == 2 and linear_group_sizes(plain)[(48, 16)] == 1
+
+
+def test_mark_fused_checks_the_blocks():
+    layer = nn.Linear(4, 10)
+    with pytest.raises(ValueError, match="dividing the 10 output rows"):
+        mark_fused(layer, 3)
+    assert mark_fused(layer, 2) is layer and layer.peft_fused_blocks == 2
+
+
+class DeadCrossAttention(nn.Module):
+    """MONAI's TransformerBlock builds a cross-attention that runs only with ``with_cross_attention``."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.cross_attn = type(block.attn)(16, 2, fused=True, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def live_stage_map(net: nn.Module) -> list[Stage]:
+    """A stage map that lists the live modules only, naming the fused qkv Linear directly."""
+    blocks, enc, dec = net.encoder.stages[1].blocks, net.encoder.stages, net.decoder
+    block = blocks[0].block
+    return [
+        Stage("encoder.0", "encoder", (enc[0],)),
+        Stage("encoder.1", "encoder", (enc[1].embed, block.attn.qkv, block.attn.proj, block.mlp)),
+        Stage("bottleneck", "bottleneck", (enc[2],)),
+        *[Stage(f"decoder.{i}", "decoder", (up, st)) for i, (up, st) in enumerate(zip(dec.transpconvs, dec.stages))],
+        Stage("seg_layers", "seg_layers", (dec.seg_layers,)),
+    ]
+
+
+@pytest.mark.parametrize("method", ["lora_pt", "hyps"])
+def test_modules_outside_the_forward_pass_get_no_adapter_when_the_stage_map_leaves_them_out(method, monkeypatch):
+    spec = TOKEN_SPECS[0]
+    net = pretrained_network(spec)
+    blocks = net.encoder.stages[1].blocks
+    blocks[0] = DeadCrossAttention(blocks[0])
+    dead = blocks[0].cross_attn
+    # the U-Net path takes whole stages: the dead cross-attention's Linear layers would be adapted
+    assert any(layer is dead.qkv for _, layer in target_modules(net, PLACEMENTS))
+
+    import nnunet_peft.injection as injection
+    import nnunet_peft.placement as placement
+    monkeypatch.setattr(placement, "network_stages", live_stage_map)
+    monkeypatch.setattr(injection, "network_stages", live_stage_map)
+    inject_adapters(net, PeftConfig(method, rank=3))
+    assert not any(isinstance(m, AdapterLayer) for m in dead.modules())
+    qkv = blocks[0].block.attn.qkv
+    if method == "lora_pt":  # named qkv in the network though its stage lists the Linear itself
+        assert len(qkv.slices) == 3
+    calls: set[int] = set()
+    for layer in adapter_layers(net):
+        layer.register_forward_hook(lambda m, i, o: calls.add(id(m)))
+    x = random_input(spec)
+    loss = sum(y.square().mean() for y in outputs(net.train(), x))
+    loss.backward()
+    assert calls == {id(m) for m in adapter_layers(net)}
+    assert all(not p.requires_grad for p in dead.parameters())
+    heads = list(net.decoder.seg_layers.parameters())
+    assert all(p.requires_grad and p.grad is not None for p in heads), "the segmentation head trains"

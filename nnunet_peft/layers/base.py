@@ -1,8 +1,11 @@
-"""The shared base of every adapter layer: a frozen convolution plus a trainable update.
+"""The shared base of every adapter layer: a frozen layer plus a trainable update.
 
-Weights are handled in *conv layout* ``(Cout, Cin, k1, ..., kd)`` throughout; a transposed
-convolution stores ``(Cin, Cout, k...)`` and is swapped on the way in and out, which is how
-docs/METHODS.md (section 1) adapts it: every formula reads the same for both.
+The frozen layer is a convolution, a transposed convolution or a Linear; its kind
+(``nnunet_peft.layers.kinds``) is chosen at construction and hides the difference, so each method
+family is one class. Weights are handled in *conv layout* ``(Cout, Cin, k1, ..., kd)`` throughout
+(a Linear's ``(out, in)`` is that layout with no kernel axes; a transposed convolution's
+``(Cin, Cout, k...)`` is swapped on the way in and out), which is how docs/METHODS.md (section 1)
+writes every formula.
 
 Merge contract: ``merge()`` writes the adapted weight into ``base_layer.weight`` and keeps the
 pretrained weight aside, so ``unmerge()`` restores it bit for bit; while merged, the forward pass
@@ -12,28 +15,24 @@ persistent buffer; anything derived (norms, residual kernels) is recomputed in t
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnunet_peft.config import PeftConfig
-
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+from nnunet_peft.layers.kinds import ADAPTABLE_TYPES, LINEAR_TYPES, layer_kind
 
 
 def check_adaptable(layer: nn.Module, method: str, where: str = "") -> None:
     """Raise a ValueError saying why ``layer`` cannot take an adapter of ``method``."""
     at = f" at {where}" if where else ""
-    if not isinstance(layer, _CONV_TYPES + _TRANSPOSED_TYPES):
+    if not isinstance(layer, ADAPTABLE_TYPES):
         raise ValueError(
-            f"{method}: expected a Conv1d/2d/3d or ConvTranspose1d/2d/3d layer{at}, got {type(layer).__name__}"
+            f"{method}: expected a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear layer{at}, got {type(layer).__name__}"
         )
+    if isinstance(layer, LINEAR_TYPES):
+        return
     if layer.groups != 1:
         raise ValueError(
             f"{method}: grouped convolutions (groups={layer.groups}{at}) are not supported: their kernel is "
@@ -47,8 +46,8 @@ def check_adaptable(layer: nn.Module, method: str, where: str = "") -> None:
         raise ValueError(f"{method}: string padding {layer.padding!r}{at} is not supported; use explicit padding")
 
 
-class ConvAdapter(nn.Module):
-    """A frozen convolution (``base_layer``) with a trainable update; subclasses define the update."""
+class AdapterLayer(nn.Module):
+    """A frozen layer (``base_layer``) with a trainable update; subclasses define the update."""
 
     def __init__(self, base_layer: nn.Module, config: PeftConfig) -> None:
         super().__init__()
@@ -59,47 +58,48 @@ class ConvAdapter(nn.Module):
         self.rank = config.rank
         self.scaling = config.scaling
         self.forward_mode = config.forward_mode
-        self.transposed = isinstance(base_layer, _TRANSPOSED_TYPES)
-        self.ndim = base_layer.weight.dim() - 2
-        w = base_layer.weight
-        self.out_channels, self.in_channels = (w.shape[1], w.shape[0]) if self.transposed else (w.shape[0], w.shape[1])
-        self.kernel_size: tuple[int, ...] = tuple(w.shape[2:])
+        self.kind = layer_kind(base_layer)
+        self.transposed = self.kind.transposed
+        self.ndim = self.kind.ndim
+        self.out_channels, self.in_channels = self.kind.out_channels, self.kind.in_channels
+        self.kernel_size: tuple[int, ...] = self.kind.kernel_size
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- layout
     @property
     def kernel_numel(self) -> int:
-        return math.prod(self.kernel_size)
+        return self.kind.kernel_numel
 
     @property
     def conv_shape(self) -> tuple[int, ...]:
-        return (self.out_channels, self.in_channels, *self.kernel_size)
+        return self.kind.conv_shape
 
     def to_conv_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.transpose(0, 1) if self.transposed else weight
+        return self.kind.to_conv_layout(weight)
 
-    from_conv_layout = to_conv_layout  # the swap is its own inverse
+    def from_conv_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.kind.from_conv_layout(weight)
 
     def base_weight(self) -> torch.Tensor:
-        """The pretrained kernel in conv layout (the stored copy while merged)."""
+        """The pretrained weight in conv layout (the stored copy while merged)."""
         w = self._unmerged_weight if self.merged else self.base_layer.weight
         return self.to_conv_layout(w)
 
-    # ------------------------------------------------------- functional convs
-    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
-        """The base layer's operation with another kernel (conv layout) and optional geometry overrides."""
-        b = self.base_layer
-        kw = dict(stride=b.stride, padding=b.padding, dilation=b.dilation, groups=1)
-        kw.update(overrides)
-        if self.transposed:
-            kw.setdefault("output_padding", b.output_padding)
-            return _CONV_T_FN[self.ndim](x, weight.transpose(0, 1), bias, **kw)
-        return _CONV_FN[self.ndim](x, weight, bias, **kw)
+    # ------------------------------------------------------ the layer's maps
+    def base_op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+        """The base layer's operation with another weight (conv layout): a convolution with the base
+        geometry (``overrides`` change it), or ``F.linear`` for a Linear."""
+        return self.kind.apply(x, weight, bias, **overrides)
 
     def pointwise(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """A 1x1 convolution with a ``(out, in)`` matrix, for channel mixing after the base geometry."""
-        return _CONV_FN[self.ndim](x, matrix.reshape(*matrix.shape, *([1] * self.ndim)))
+        """Channel mixing with an ``(out, in)`` matrix after the base geometry: a 1x1 convolution, or a
+        matrix product on the last axis for a Linear."""
+        return self.kind.pointwise(x, matrix)
+
+    def channel_view(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-output-channel vector shaped to broadcast against the output."""
+        return self.kind.channel_view(v)
 
     # -------------------------------------------------------------- interface
     def delta_weight(self) -> torch.Tensor:
@@ -112,7 +112,7 @@ class ConvAdapter(nn.Module):
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The unmerged forward pass in the layer's forward mode."""
-        return self.conv(x, self.adapted_weight(), self.base_layer.bias)
+        return self.base_op(x, self.adapted_weight(), self.base_layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
@@ -146,3 +146,7 @@ class ConvAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, rank={self.rank}, scaling={self.scaling:g}, forward_mode={self.forward_mode}"
+
+
+# the name the library had while it adapted convolutions only; kept for code that imports it
+ConvAdapter = AdapterLayer

@@ -7,18 +7,19 @@ import torch
 from torch import nn
 
 from nnunet_peft.config import PeftConfig
-from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.base import AdapterLayer
 
 
-class HyPSAdapter(ConvAdapter):
-    """``y = conv(x, Q + s*B@A)``, then ``y <- y + s * Up(GELU(Down(y)))``.
+class HyPSAdapter(AdapterLayer):
+    """``y = op(x, Q + s*B@A)``, then ``y <- y + s * Up(GELU(Down(y)))``.
 
     Parallel part: ``B @ A`` starts as the top-``r`` SVD part ``P`` of ``W0_(1)`` (split as
     ``U sqrt(S)`` and ``sqrt(S) V^T``); the residual ``Q = W0 - s*B0@A0`` is frozen. ``B0, A0`` are
     kept as buffers and ``Q`` is recomputed from them, so the adapter file stays small and
-    reloading reproduces ``Q`` exactly. Serial part: 1x1 convolutions ``Cout -> d -> Cout`` with
-    ``Up`` zero and ``Down`` random, the activation applied to activations (not to a zero weight,
-    the reference code's defect), so both receive gradients from the second step on.
+    reloading reproduces ``Q`` exactly. Serial part: 1x1 convolutions ``Cout -> d -> Cout`` (after a
+    Linear layer, a Linear bottleneck on the last axis) with ``Up`` zero and ``Down`` random, the
+    activation applied to activations (not to a zero weight, the reference code's defect), so both
+    receive gradients from the second step on.
 
     ``merge()`` folds the parallel part into the kernel; the serial part cannot be folded and stays
     active, so a merged HyPS network is not a stock network (``merge_adapters`` refuses it).
@@ -65,11 +66,11 @@ class HyPSAdapter(ConvAdapter):
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward_mode == "reconstruct" or not self.training:  # see LowRankAdapter
-            y = self.conv(x, self.adapted_weight(), self.base_layer.bias)
+            y = self.base_op(x, self.adapted_weight(), self.base_layer.bias)
         else:
             residual = (self.base_weight() - self._product(self.parallel_B0, self.parallel_A0)).detach()
-            down = self.conv(x, self.parallel_A.reshape(self.rank, self.in_channels, *self.kernel_size))
-            y = self.conv(x, residual, self.base_layer.bias) + self.pointwise(down, self.parallel_B * self.scaling)
+            down = self.base_op(x, self.parallel_A.reshape(self.rank, self.in_channels, *self.kernel_size))
+            y = self.base_op(x, residual, self.base_layer.bias) + self.pointwise(down, self.parallel_B * self.scaling)
         return self.serial(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

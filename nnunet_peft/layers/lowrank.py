@@ -2,8 +2,10 @@
 
 Each class defines the update ``dW`` (``delta_weight``) and, where the factors form a chain of
 convolutions, ``chain`` (the update's output computed without building ``dW``). DoRA is a flag of
-the shared base: the magnitude re-normalisation commutes with the convolution per output channel,
-so it applies to either forward mode.
+the shared base: the magnitude re-normalisation commutes with the layer's operation per output
+channel, so it applies to either forward mode. On a Linear layer (``K = 1``, no kernel axes) the
+same classes compute LoRA, with convLoRA equal to LoRA-C and CP-LoRA a rank-``r`` product
+``U_out U_in^T`` (docs/METHODS.md, "Linear layers").
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import torch
 from torch import nn
 
 from nnunet_peft.config import PeftConfig
-from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.base import AdapterLayer
 
 
-class LowRankAdapter(ConvAdapter):
+class LowRankAdapter(AdapterLayer):
     """Shared forward and DoRA logic of the low-rank family."""
 
     def __init__(self, base_layer: nn.Module, config: PeftConfig, init_weights: bool = True) -> None:
@@ -57,16 +59,16 @@ class LowRankAdapter(ConvAdapter):
         # scale * (y - bias) + bias, written as a correction that is exactly zero while scale == 1,
         # so that the adapted layer reproduces the pretrained one bit for bit at initialisation
         bias = self.base_layer.bias
-        core = y if bias is None else y - bias.reshape(1, -1, *([1] * self.ndim))
+        core = y if bias is None else y - self.channel_view(bias)
         scale = self.dora_scale(self.base_weight() + self.delta_weight())
-        return y + core * (scale - 1).reshape(1, -1, *([1] * self.ndim))
+        return y + core * self.channel_view(scale - 1)
 
 
 class LoRACAdapter(LowRankAdapter):
     """LoRA-C: the whole kernel as one ``Cout x (Cin*K)`` matrix, ``dW = s * B @ A``.
 
     As a chain: a convolution with the base geometry from ``Cin`` to ``r`` channels (``A``), then a
-    1x1 convolution to ``Cout`` (``B``).
+    1x1 convolution to ``Cout`` (``B``). On a Linear this is LoRA: ``x A^T B^T`` on the last axis.
     """
 
     def __init__(self, base_layer: nn.Module, config: PeftConfig, init_weights: bool = True) -> None:
@@ -81,7 +83,7 @@ class LoRACAdapter(LowRankAdapter):
         return (self.lora_B @ self.lora_A).reshape(self.conv_shape) * self.scaling
 
     def chain(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.conv(x, self.lora_A.reshape(self.rank, self.in_channels, *self.kernel_size))
+        down = self.base_op(x, self.lora_A.reshape(self.rank, self.in_channels, *self.kernel_size))
         return self.pointwise(down, self.lora_B * self.scaling)
 
 
@@ -89,12 +91,14 @@ class ConvLoRAAdapter(LowRankAdapter):
     """convLoRA (loralib's ConvLoRA in kernel units): ``dW = s * reshape(B @ A, W0.shape)``.
 
     ``A: (r*k1) x (Cin*k1)``, ``B: (Cout*k2*...*kd) x (r*k1)``. The reshape interleaves kernel
-    positions with channels, so the update has no chain form; it is always reconstructed.
+    positions with channels, so the update has no chain form; it is always reconstructed. A Linear
+    has no kernel axis (``k1 = 1``): the factors are LoRA-C's.
     """
 
     def __init__(self, base_layer: nn.Module, config: PeftConfig, init_weights: bool = True) -> None:
         super().__init__(base_layer, config, init_weights)
-        k1, rest = self.kernel_size[0], math.prod(self.kernel_size[1:])
+        k1 = self.kernel_size[0] if self.kernel_size else 1
+        rest = math.prod(self.kernel_size[1:])
         r = config.rank
         self.lora_A = nn.Parameter(torch.zeros(r * k1, self.in_channels * k1))
         self.lora_B = nn.Parameter(torch.zeros(self.out_channels * rest, r * k1))
@@ -111,7 +115,8 @@ class CPLoRAAdapter(LowRankAdapter):
     The weights ``lam`` of a CP decomposition are folded into the factors (they are redundant
     with the columns' scale), so the trainable count is ``r * (Cout + Cin + k1 + ... + kd)``.
     As a chain: 1x1 projection to ``r`` channels, one depthwise 1-D convolution per spatial axis
-    carrying that axis's stride, padding and dilation, then a 1x1 projection to ``Cout``.
+    carrying that axis's stride, padding and dilation, then a 1x1 projection to ``Cout``. A Linear
+    has no spatial factor: ``dW = s * U_out U_in^T``, and the chain is two matrix products.
     """
 
     def __init__(self, base_layer: nn.Module, config: PeftConfig, init_weights: bool = True) -> None:
@@ -175,5 +180,5 @@ class CPLoRAAdapter(LowRankAdapter):
         if self.transposed:
             geometry["output_padding"] = along(b.output_padding[axis], 0)
             # depthwise: the transposed weight layout (in=r, out/groups=1, ...) has the same shape
-            return self.conv(h, kernel.transpose(0, 1), **geometry)
-        return self.conv(h, kernel, **geometry)
+            return self.base_op(h, kernel.transpose(0, 1), **geometry)
+        return self.base_op(h, kernel, **geometry)

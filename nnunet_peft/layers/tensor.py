@@ -1,7 +1,8 @@
 """The tensor family: LoRA-PT (t-SVD) and tCURLoRA (tensor CUR) over groups of same-shape layers.
 
 The kernels of a group, each unfolded to ``Cout x (Cin*K)``, are the frontal slices of a tensor
-``T`` of shape ``Cout x (Cin*K) x L``. The t-product is circular convolution along the third mode;
+``T`` of shape ``Cout x (Cin*K) x L`` (a Linear's weight is such a matrix as it is; a fused q/k/v
+projection contributes its three row blocks as three slices). The t-product is circular convolution along the third mode;
 decompositions are computed slice-wise in the Fourier domain and stored in the spatial domain,
 where every factor is real.
 
@@ -12,11 +13,13 @@ factors (not a residual as large as the kernels) to be saved with the adapter.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
 from nnunet_peft.config import PeftConfig
-from nnunet_peft.layers.base import ConvAdapter
+from nnunet_peft.layers.base import AdapterLayer
 
 
 def t_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,6 +27,17 @@ def t_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     n = a.shape[-1]
     idx = (torch.arange(n, device=a.device)[None, :] - torch.arange(n, device=a.device)[:, None]) % n
     return torch.einsum("ijm,jkml->ikl", a, b[:, :, idx])
+
+
+def t_product_slice(a: torch.Tensor, b: torch.Tensor, index: int) -> torch.Tensor:
+    """Slice ``index`` of ``a * b``, ``sum_j A_j @ B_{(index-j) mod L}``, without computing the others.
+
+    Each layer of a group needs its own slice only; building all ``L`` slices in every layer would
+    cost ``L`` times more (a UNETR group holds 48 matrices).
+    """
+    n = a.shape[-1]
+    idx = (index - torch.arange(n, device=a.device)) % n
+    return torch.einsum("ijm,jkm->ik", a, b[:, :, idx])
 
 
 def t_transpose(a: torch.Tensor) -> torch.Tensor:
@@ -76,6 +90,7 @@ class TensorGroup(nn.Module):
         raise NotImplementedError
 
     def delta_slice(self, index: int) -> torch.Tensor:
+        """The update of slice ``index`` in its kernel's shape."""
         return self.delta()[:, :, index].reshape(self.kernel_shape)
 
     def trainable_per_layer(self) -> int:
@@ -111,6 +126,12 @@ class LoRAPTGroup(TensorGroup):
     def delta(self) -> torch.Tensor:
         return (self.principal(self.U, self.S, self.V) - self.principal(self.U0, self.S0, self.V0)) * self.scaling
 
+    def delta_slice(self, index: int) -> torch.Tensor:
+        # both principal slices come from the same code on equal inputs at init: their difference is exactly 0
+        p = t_product_slice(t_product(self.U, self.S), t_transpose(self.V), index)
+        p0 = t_product_slice(t_product(self.U0, self.S0), t_transpose(self.V0), index)
+        return ((p - p0) * self.scaling).reshape(self.kernel_shape)
+
 
 class TCURGroup(TensorGroup):
     """tCURLoRA: ``W = T + C * (U - U0) * R``; only the ``r x r x L`` core ``U`` trains."""
@@ -139,24 +160,44 @@ class TCURGroup(TensorGroup):
     def delta(self) -> torch.Tensor:
         return t_product(self.C, t_product(self.U - self.U0, self.R)) * self.scaling
 
+    def delta_slice(self, index: int) -> torch.Tensor:
+        # (C * (U - U0)) * R: the small product in full, the large one for this slice only
+        return (t_product_slice(t_product(self.C, self.U - self.U0), self.R, index) * self.scaling).reshape(self.kernel_shape)
+
 
 TENSOR_GROUPS = {"lora_pt": LoRAPTGroup, "tcur_lora": TCURGroup}
 
 
-class TensorGroupAdapter(ConvAdapter):
-    """One layer of a group: its kernel is slice ``index`` of the group's adapted tensor.
+class TensorGroupAdapter(AdapterLayer):
+    """One layer of a group: its weight is slice ``index`` of the group's adapted tensor.
 
-    The group is registered once on the network root (``peft_groups``), not under every layer, so
-    its factors appear once in the state dict and in the optimiser.
+    ``slices`` lists ``(group, index)`` per block of output rows, in order: one pair for an ordinary
+    layer, three for a fused q/k/v projection, whose q, k and v matrices are slices of their own
+    (``nnunet_peft.placement.fused_blocks``). Groups are registered once on the network root
+    (``peft_groups``), not under every layer, so their factors appear once in the state dict and in
+    the optimiser.
     """
 
-    def __init__(self, base_layer: nn.Module, config: PeftConfig, group: TensorGroup, index: int) -> None:
+    def __init__(self, base_layer: nn.Module, config: PeftConfig, slices: Sequence[tuple[TensorGroup, int]]) -> None:
         super().__init__(base_layer, config)
-        self.__dict__["group"] = group  # a reference, deliberately not a registered submodule
-        self.index = index
+        slices = tuple(slices)
+        rows = sum(group.kernel_shape[0] for group, _ in slices)
+        if not slices or rows != self.out_channels or any(
+                group.kernel_shape[1:] != self.conv_shape[1:] for group, _ in slices):
+            raise ValueError(
+                f"the slices {[group.kernel_shape for group, _ in slices]} do not stack along the output rows to "
+                f"this layer's weight {self.conv_shape} (conv layout)"
+            )
+        self.__dict__["slices"] = slices  # references, deliberately not registered submodules
+
+    @property
+    def groups(self) -> list[TensorGroup]:
+        """The distinct groups this layer reads from."""
+        return list({id(g): g for g, _ in self.slices}.values())
 
     def delta_weight(self) -> torch.Tensor:
-        return self.group.delta_slice(self.index)
+        blocks = [group.delta_slice(index) for group, index in self.slices]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
 
     def num_trainable_parameters(self) -> int:
-        return self.group.trainable_per_layer()
+        return sum(group.trainable_per_layer() for group, _ in self.slices)
