@@ -31,9 +31,15 @@ class Stage:
 
 
 def network_stages(network: nn.Module) -> list[Stage]:
-    """The stages of a U-Net in forward order; raises ValueError for other architectures."""
+    """The stages of a U-Net in forward order, or a transformer backbone's map; raises ValueError for
+    other architectures."""
     if isinstance(network, MultiviewUNet):
         return multiview_stages(network)
+    from nnunet_peft.backbones import backbone_family
+
+    family = backbone_family(network)
+    if family is not None:
+        return _BACKBONE_MAPS[family](network)
     encoder = getattr(network, "encoder", None)
     decoder = getattr(network, "decoder", None)
     missing = [
@@ -178,3 +184,83 @@ def multiview_stages(network: MultiviewUNet) -> list[Stage]:
     stages.append(Stage(f"decoder.{len(decoder.up_convs)}", "decoder", (decoder.output_block,)))
     stages.append(Stage("seg_layers", "seg_layers", (decoder.seg_layers,)))
     return stages
+
+
+# ------------------------------------------------------------------ transformer backbones
+# The maps of docs/METHODS.md, "Placement on transformer backbones". A stage lists only modules that
+# take part in the forward pass: adapters, Finetune's unfreezing and the liveness tests see nothing else.
+
+
+def _transformer_block_parts(block: nn.Module) -> tuple[nn.Module, ...]:
+    """A MONAI TransformerBlock without its cross-attention, which only runs with ``with_cross_attention``."""
+    parts = (block.norm1, block.attn, block.norm2, block.mlp)
+    if getattr(block, "with_cross_attention", False):
+        parts += (block.norm_cross_attn, block.cross_attn)
+    return parts
+
+
+def unetr_stages(network: nn.Module) -> list[Stage]:
+    """UNETR, split where MONAI's forward taps the ViT (outputs of blocks 3, 6 and 9 of 12 feed the skips).
+
+    encoder.0 sees the input (the patch embedding with its position embedding, and ``encoder1``'s
+    convolutions at full resolution); encoder.1-3 are the ViT blocks up to each tap with the
+    convolutional path that tap feeds (``encoder2``-``encoder4``); the bottleneck is the ViT blocks
+    after the last tap and the final LayerNorm, whose output is the deepest feature map; decoder.0-3
+    are ``decoder5``-``decoder2``; the head is ``out``.
+    """
+    vit = network.vit
+    blocks = list(vit.blocks)
+    if len(blocks) != 12:
+        raise ValueError(f"UNETR with {len(blocks)} ViT blocks: MONAI's UNETR has 12 (its skip taps are fixed)")
+    stages = [Stage("encoder.0", "encoder", (vit.patch_embedding, network.encoder1))]
+    start = 0
+    for i, (tap, conv_path) in enumerate(zip((3, 6, 9), (network.encoder2, network.encoder3, network.encoder4)), 1):
+        parts = tuple(p for b in blocks[start:tap + 1] for p in _transformer_block_parts(b))
+        stages.append(Stage(f"encoder.{i}", "encoder", parts + (conv_path,)))
+        start = tap + 1
+    parts = tuple(p for b in blocks[start:] for p in _transformer_block_parts(b))
+    stages.append(Stage("bottleneck", "bottleneck", parts + (vit.norm,)))
+    for i, name in enumerate(("decoder5", "decoder4", "decoder3", "decoder2")):
+        stages.append(Stage(f"decoder.{i}", "decoder", (getattr(network, name),)))
+    stages.append(Stage("seg_layers", "seg_layers", (network.out,)))
+    return stages
+
+
+def swinunetr_stages(network: nn.Module) -> list[Stage]:
+    """SwinUNETR by resolution: encoder.0 full (``encoder1``), encoder.1 1/2 (patch embedding,
+    ``encoder2``), encoder.2-4 Swin layers 1-3 (each with its patch merging) with the convolutional skip
+    path at their input's resolution (``encoder3``, ``encoder4``; layer 3's output feeds ``decoder5``
+    directly); the bottleneck is Swin layer 4 and ``encoder10`` at 1/32; decoder.0-4 are
+    ``decoder5``-``decoder1``; the head is ``out``."""
+    swin = network.swinViT
+    layers = [getattr(swin, f"layers{i}") for i in range(1, 5)]
+    return [Stage("encoder.0", "encoder", (network.encoder1,)),
+            Stage("encoder.1", "encoder", (swin.patch_embed, network.encoder2)),
+            Stage("encoder.2", "encoder", (layers[0], network.encoder3)),
+            Stage("encoder.3", "encoder", (layers[1], network.encoder4)),
+            Stage("encoder.4", "encoder", (layers[2],)),
+            Stage("bottleneck", "bottleneck", (layers[3], network.encoder10)),
+            *[Stage(f"decoder.{i}", "decoder", (getattr(network, name),))
+              for i, name in enumerate(("decoder5", "decoder4", "decoder3", "decoder2", "decoder1"))],
+            Stage("seg_layers", "seg_layers", (network.out,))]
+
+
+def primus_stages(network: nn.Module) -> list[Stage]:
+    """Primus: encoder.0 the patch embedding, encoder.1 the Eva blocks but the last quarter, the
+    bottleneck the last quarter with the final LayerNorm (Primus has no skips, so depth is its only
+    structure), decoder.i the upsampling steps of the patch decoder, and its last transposed
+    convolution (the one that outputs the classes) the head. ``eva.pos_embed`` is a bare parameter of
+    ``eva``, in no stage: it trains under full Finetune only."""
+    blocks = list(network.eva.blocks)
+    split = len(blocks) - max(1, len(blocks) // 4)
+    decode = list(network.up_projection.decode)
+    stages = [Stage("encoder.0", "encoder", (network.down_projection,))]
+    if split > 0:
+        stages.append(Stage("encoder.1", "encoder", tuple(blocks[:split])))
+    stages.append(Stage("bottleneck", "bottleneck", (*blocks[split:], network.eva.norm)))
+    stages += [Stage(f"decoder.{i}", "decoder", (step,)) for i, step in enumerate(decode[:-1])]
+    stages.append(Stage("seg_layers", "seg_layers", (decode[-1],)))
+    return stages
+
+
+_BACKBONE_MAPS = {"unetr": unetr_stages, "swinunetr": swinunetr_stages, "primus": primus_stages}
