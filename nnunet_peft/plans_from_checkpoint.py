@@ -322,13 +322,26 @@ def _per_target_channel(config: dict[str, Any], source_props: dict[str, Any], fi
     return stats
 
 
+def checkpoint_backbone(trainer_name: str) -> str | None:
+    """The backbone token of a checkpoint's trainer (``nnUNetTrainerFinetune_unetr_scratch``: ``unetr``), else None."""
+    from nnunet_peft.training.names import TrainerNameError, is_plugin_name, parse_trainer_name
+
+    if not is_plugin_name(trainer_name):
+        return None
+    try:
+        return parse_trainer_name(trainer_name).backbone
+    except TrainerNameError:
+        return None
+
+
 def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_json: dict[str, Any],
-                      network_weights: dict[str, Any], checkpoint: Path) -> None:
+                      network_weights: dict[str, Any], checkpoint: Path, backbone: str | None = None) -> None:
     """Fail now, not at epoch 0, if ``-pretrained_weights`` would reject the checkpoint for these plans.
 
     Builds the network nnU-Net's trainer builds from the plans (on the meta device: shapes only, no
     memory) and applies the same rule as ``nnunetv2.run.load_pretrained_weights``: every key except
-    ``.seg_layers.`` must be in the checkpoint with the same shape.
+    ``.seg_layers.`` must be in the checkpoint with the same shape. ``backbone``: the checkpoint's
+    trainer built that transformer backbone (its patch size is in the plans), whose head is skipped.
     """
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -337,18 +350,27 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
     plans_manager = PlansManager(plans)
     config = plans_manager.get_configuration(configuration)
     num_outputs = plans_manager.get_label_manager(target_dataset_json).num_segmentation_heads
-    with torch.device("meta"):
-        network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
-                                         config.network_arch_init_kwargs_req_import,
-                                         len(_channel_names(target_dataset_json)), num_outputs,
-                                         allow_init=False, deep_supervision=True)
+    if backbone is not None:
+        from nnunet_peft.backbones import build_from_plans
+
+        # on the CPU: MONAI's SwinUNETR reads tensor values while it builds, which the meta device has not
+        network = build_from_plans(backbone, config, len(_channel_names(target_dataset_json)), num_outputs)
+    else:
+        with torch.device("meta"):
+            network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                             config.network_arch_init_kwargs_req_import,
+                                             len(_channel_names(target_dataset_json)), num_outputs,
+                                             allow_init=False, deep_supervision=True)
     from nnunet_peft.placement import input_convolution
+    from nnunet_peft.training.transfer import head_modules
+
+    heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if backbone is not None else ()
 
     # the trainer rebuilds the first convolution when the channel counts differ (a ch* token)
     first = {k for k, v in network.state_dict(keep_vars=True).items() if v is input_convolution(network).weight}
     problems = []
     for key, tensor in network.state_dict().items():
-        if ".seg_layers." in key:
+        if ".seg_layers." in key or key.startswith(heads):
             continue
         if key in first and key in network_weights and network_weights[key].shape[0] == tensor.shape[0] \
                 and network_weights[key].shape[2:] == tensor.shape[2:]:
@@ -483,7 +505,8 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
                                    reader_writer, intensity_properties,
                                    channels=(_channel_list(ckpt.dataset_json), _channel_list(target_dataset_json)))
         plans["pretrained_from"] = provenance  # adds the checkpoint path, which build_target_plans does not know
-        check_weights_fit(plans, configuration, target_dataset_json, ckpt.network_weights, ckpt.path)
+        backbone = checkpoint_backbone(ckpt.trainer_name)
+        check_weights_fit(plans, configuration, target_dataset_json, ckpt.network_weights, ckpt.path, backbone)
 
         (staged / f"{plans_name}.json").write_text(json.dumps(plans, indent=4), encoding="utf-8")
         shutil.copyfile(target_json_path, staged / "dataset.json")
@@ -497,7 +520,9 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
     config = plans["configurations"][configuration]
     log(f"checkpoint: {ckpt.path} (trainer {ckpt.trainer_name}, dataset {ckpt.plans.get('dataset_name')}, "
         f"configuration {ckpt.configuration})")
-    log(f"kept from the checkpoint: {config['architecture']['network_class_name'].rsplit('.', 1)[-1]}, patch size "
+    architecture = (f"the {backbone} backbone (from the trainer name {ckpt.trainer_name})" if backbone is not None
+                    else config['architecture']['network_class_name'].rsplit('.', 1)[-1])
+    log(f"kept from the checkpoint: {architecture}, patch size "
         f"{config['patch_size']}, spacing {config['spacing']} (target median "
         f"{[round(v, 3) for v in plans['original_median_spacing_after_transp']]}), normalisation {config['normalization_schemes']}, "
         f"batch size {config['batch_size']}; only configuration {configuration} is planned")
@@ -515,8 +540,11 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
         log(note)
     log(f"plans: {plans_path}; preprocessed data: {destination / config['data_identifier']}")
     log("next, fine-tune (any fold; any nnUNetTrainer<Method> of nnunet-peft):")
-    if len(_channel_names(ckpt.dataset_json)) != len(_channel_names(target_dataset_json)) and "_ch" not in trainer:
+    if len(_channel_names(ckpt.dataset_json)) != len(_channel_names(target_dataset_json)) and "_ch" not in trainer \
+            and backbone is None:
         trainer += "_chzero"  # other input channels: the trainer must be told how to rebuild the first convolution
+    if backbone is not None and checkpoint_backbone(trainer) != backbone:
+        trainer += f"_{backbone}"  # the name builds the network: it must be the checkpoint's backbone
     log("  " + train_command(dataset_id, configuration, plans_name, ckpt.path, trainer))
     return plans_path
 

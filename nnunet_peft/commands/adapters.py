@@ -68,7 +68,7 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
         copy_folder_files(adapter, tmp)
         for fold_dir in folds:
             meta = read_adapter_config(fold_dir)
-            network = build_network(STOCK_TRAINER, plans, dataset_json, meta["configuration"])
+            network = build_network(stock_trainer(meta["trainer_name"]), plans, dataset_json, meta["configuration"])
             replaced = _rebuilt_in_full(network, fold_dir)
             check_pretrained_compatible(network, pretrained, plans.get("dataset_name", "TARGET"), replaced=replaced)
             network.load_state_dict({k: v for k, v in base.items() if HEAD_KEY not in k and k not in replaced},
@@ -96,8 +96,18 @@ def _rebuilt_in_full(network: torch.nn.Module, fold_dir: Path) -> set[str]:
     return {k for k, v in state.items() if id(v) in carried and HEAD_KEY not in k}
 
 
+def stock_trainer(trainer_name: str) -> str:
+    """The trainer whose network is ``trainer_name``'s without adapters: nnU-Net's own for the U-Nets;
+    for a transformer backbone, which nnU-Net cannot build from plans, ``nnUNetTrainerNoFinetune_<backbone>``."""
+    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+
+    backbone = parse_trainer_name(trainer_name).backbone if is_plugin_name(trainer_name) else None
+    return STOCK_TRAINER if backbone is None else f"nnUNetTrainerNoFinetune_{backbone}"
+
+
 def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -> Path:
-    """A model folder of stock ``nnUNetTrainer`` checkpoints with the adapters folded into the kernels."""
+    """A model folder of stock ``nnUNetTrainer`` checkpoints with the adapters folded into the kernels
+    (``nnUNetTrainerNoFinetune_<backbone>`` ones for a transformer backbone, predicted with the plugin)."""
     model_folder = Path(model_folder)
     with staged_folder(out, overwrite) as tmp:
         copy_folder_files(model_folder, tmp)
@@ -107,8 +117,9 @@ def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -
                 merge_adapters(network)
             args = ckpt["init_args"]
             (tmp / fold_dir.name).mkdir()
-            torch.save(checkpoint_dict(network.state_dict(), STOCK_TRAINER, args["plans"], args["dataset_json"],
-                                       args["configuration"], args.get("fold"), ckpt.get("inference_allowed_mirroring_axes")),
+            torch.save(checkpoint_dict(network.state_dict(), stock_trainer(ckpt["trainer_name"]), args["plans"],
+                                       args["dataset_json"], args["configuration"], args.get("fold"),
+                                       ckpt.get("inference_allowed_mirroring_axes")),
                        tmp / fold_dir.name / CHECKPOINT)
     return Path(out)
 

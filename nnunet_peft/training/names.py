@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nnunet_peft.backbones import BACKBONES
 from nnunet_peft.config import PLACEMENTS, PeftConfig
 
 PREFIX = "nnUNetTrainer"
@@ -54,8 +55,12 @@ GRAMMAR = f"""\
                              convolution is rebuilt (chzero: new channels start at zero; chrepeat:
                              summed kernel / channel count for every channel; chcopy<i>: new
                              channels copy checkpoint channel i). That layer then trains fully
-                             under every method instead of taking an adapter
-    e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep"""
+                             under every method instead of taking an adapter (U-Nets only)
+            {' | '.join(BACKBONES)}
+                             a transformer backbone instead of the plans' U-Net: UNETR, SwinUNETR,
+                             Primus-S (primusB/M/L: Primus-B/M/L); the patch size is adjusted to one
+                             the backbone takes
+    e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep, nnUNetTrainerLoRAPT_unetr"""
 
 _PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
 _LEARNING_RATE = re.compile(r"lr(\d+)p(\d+)")
@@ -84,6 +89,7 @@ class TrainerSpec:
     learning_rate: float | None = None  # None: the family's default
     input_channels: str | None = None  # "zero", "repeat" or "copy": how the first convolution is adapted
     copy_channel: int | None = None  # the checkpoint channel "copy" takes
+    backbone: str | None = None  # a token of nnunet_peft.backbones.BACKBONES; None: the plans' U-Net
 
     @property
     def input_channel_token(self) -> str | None:
@@ -140,7 +146,13 @@ def parse_trainer_name(name: str) -> TrainerSpec:
     learning_rate: float | None = None
     input_channels: str | None = None
     copy_channel: int | None = None
+    backbone: str | None = None
     for token in tokens:
+        if token in BACKBONES:
+            if backbone is not None:
+                raise fail(f"the backbone is given twice ({backbone!r} and {token!r})")
+            backbone = token
+            continue
         copy = _CHANNEL_COPY.fullmatch(token)
         if token in _CHANNEL_TOKENS or copy:
             if input_channels is not None:
@@ -182,6 +194,10 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         raise fail(f"{method} trains no adapters, so it takes no r<int>/a<int> tokens")
     if scratch and input_channels is not None:
         raise fail("'scratch' loads no checkpoint, so it takes no chzero/chrepeat/chcopy<int> token")
+    if backbone is not None and input_channels is not None:
+        raise fail(f"the {backbone!r} backbone takes no chzero/chrepeat/chcopy<int> token: its input reaches "
+                   "more than one layer (UNETR's and SwinUNETR's patch embedding and encoder1), which the "
+                   "channel adaptation does not rebuild; give the target the checkpoint's channels")
     if method in ("SegHead", "NoFinetune") and placement:
         raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
     if method == "NoFinetune" and ({"epochs", "iterations"} & set(values) or learning_rate is not None):
@@ -193,7 +209,7 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
         epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
         iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch, learning_rate=learning_rate,
-        input_channels=input_channels, copy_channel=copy_channel,
+        input_channels=input_channels, copy_channel=copy_channel, backbone=backbone,
     )
     if spec.peft_method is not None:
         spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules

@@ -58,14 +58,30 @@ def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_na
             f"{path} holds adapters (it was trained by an nnunet-peft adapter trainer). Fold them into a stock "
             "checkpoint first: nnunet-peft merge -m <its model folder> -o <merged folder>, then pass "
             "<merged folder>/fold_K/checkpoint_final.pth as -pretrained_weights.")
+    from nnunet_peft.backbones import backbone_family
+    from nnunet_peft.training.transfer import head_modules
+
+    family = backbone_family(network)
+    # the heads are mapped to the target's classes, so their shapes may differ
+    heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if family is not None else ()
     problems = []
     for key, value in network.state_dict().items():
-        if HEAD_KEY in key or key in replaced:
+        if HEAD_KEY in key or key.startswith(heads) or key in replaced:
             continue
         if key not in weights:
             problems.append(f"{key}: missing from the checkpoint (network has {tuple(value.shape)})")
         elif weights[key].shape != value.shape:
             problems.append(f"{key}: checkpoint {tuple(weights[key].shape)} vs network {tuple(value.shape)}")
+    if problems and family is not None:
+        shown = "\n  ".join(problems[:8])
+        raise ValueError(
+            f"the pretrained checkpoint {path} does not fit the {type(network).__name__} planned for {dataset_name} "
+            f"({len(problems)} mismatching tensors), first:\n  {shown}\n"
+            f"A {type(network).__name__} checkpoint loads into a trainer with the same backbone token (and the same "
+            "size token for Primus), built for the same patch size: the position embedding fixes it. Plan the "
+            f"target with the checkpoint's patch size:\n  nnunet-peft plan-from-checkpoint -d {dataset_name} "
+            f"--checkpoint {path}\nand train with -p nnUNetPlans_pretrained and the checkpoint trainer's backbone "
+            "token (a U-Net checkpoint needs a trainer name without one).")
     if problems:
         shown = "\n  ".join(problems[:8])
         raise ValueError(

@@ -19,9 +19,18 @@ the stock network is built with the *checkpoint's* input channel count when it d
 trainer name's ``ch*`` token says how to adapt it); ``on_train_start`` then maps the heads to the
 target's classes, rebuilds the first convolution for the target's channels, and writes the load
 report before anything trains. Prediction builds the target's network directly.
+
+A backbone token (``_unetr``, ``_swinunetr``, ``_primus``; ``nnunet_peft.backbones``) builds that
+network instead of the plans' U-Net, both here and in the static builder. Its patch size constraint
+is applied to the plans before nnU-Net sees them (as nnU-Net's own Primus trainers set theirs), so
+the model folder's plans.json and the checkpoints' ``init_args`` hold the size that was trained; it
+has no deep-supervision outputs. Its heads do not carry nnU-Net's ``.seg_layers.`` name, so nnU-Net's
+loader would compare their shapes: for ``-pretrained_weights`` the stock network is built with the
+checkpoint's class count and the heads are rebuilt for the target's classes in ``on_train_start``.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -34,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_peft.backbones import build_from_plans, plans_with_backbone_patch_size
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
 from nnunet_peft.injection import configure_finetuning, inject_adapters
 from nnunet_peft.placement import input_convolution
@@ -42,7 +52,8 @@ from nnunet_peft.training.load_report import build_load_report, format_load_repo
 from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
 from nnunet_peft.training.pretrained import check_pretrained_compatible, pretrained_weights_argument
 from nnunet_peft.training.transfer import (Source, adapt_input_conv, channel_names, checkpoint_input_channels,
-                                           class_summary, label_map_from_env, map_heads, match_channels, read_source)
+                                           checkpoint_output_channels, class_summary, label_map_from_env, map_heads,
+                                           match_channels, read_source, resize_heads)
 
 SUMMARY_NAME = "peft_summary.json"
 LOAD_REPORT_NAME = "load_report.json"
@@ -58,11 +69,20 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network
 
 
+def build_stock_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
+                        num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+    """The network of ``spec`` without adapters: its backbone's, or the plans' U-Net (nnU-Net's builder)."""
+    if spec.backbone is not None:  # no deep-supervision outputs, whatever nnU-Net asks for
+        return build_from_plans(spec.backbone, configuration_manager, num_input_channels, num_output_channels)
+    return nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+
+
 def build_adapted_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
                           num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
     """The network of ``spec`` with empty adapters, ready for a state dict (what prediction needs)."""
-    network = nnUNetTrainer.build_network_architecture(
-        plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+    network = build_stock_network(spec, plans_manager, configuration_manager, num_input_channels,
+                                  num_output_channels, enable_deep_supervision)
     if spec.peft_method is not None:
         inject_adapters(network, spec.peft_config(), init_weights=False)
     return network
@@ -75,8 +95,16 @@ class nnUNetTrainerPeft(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
+        patch_note = None
+        if self.spec.backbone is not None:
+            # before nnU-Net reads the plans: its data loaders, plans.json and init_args then all hold this size
+            plans, patch_note = plans_with_backbone_patch_size(plans, configuration, self.spec.backbone)
         super().__init__(plans, configuration, fold, dataset_json, device)
         spec = self.spec
+        if spec.backbone is not None:
+            self.enable_deep_supervision = False  # one output: nnU-Net's loss and targets without the wrapper
+            if patch_note is not None:
+                self.print_to_log_file(patch_note)
         self.num_epochs = spec.epochs
         self.initial_lr = spec.initial_lr
         self.num_iterations_per_epoch = spec.iterations
@@ -84,7 +112,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         self.num_val_iterations_per_epoch = max(1, round(spec.iterations / 5))
         # initialize() must build a stock network for -pretrained_weights to load; the static method
         # (used by prediction) stays the adapted one. An instance attribute shadows it for training only.
-        self.build_network_architecture = nnUNetTrainer.build_network_architecture
+        self.build_network_architecture = functools.partial(build_stock_network, spec)
         self._peft_ready = False
         self._compile_after_setup = False
         self._source: Source | None = None  # the -pretrained_weights checkpoint, until on_train_start used it
@@ -112,12 +140,21 @@ class nnUNetTrainerPeft(nnUNetTrainer):
             check_pretrained_compatible(unwrap(self.network), pretrained, self.plans_manager.dataset_name,
                                         weights=self._source.weights)
 
+    def set_deep_supervision_enabled(self, enabled: bool):
+        if self.spec.backbone is None:  # a backbone has no deep-supervision outputs to switch
+            super().set_deep_supervision_enabled(enabled)
+
     def _build_for_checkpoint(self, plans_manager, configuration_manager, num_input_channels: int,
                               num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """The stock network, with the checkpoint's input channel count if it differs (so nnU-Net can load it)."""
-        build = nnUNetTrainer.build_network_architecture
+        """The stock network, with the checkpoint's input channel count if it differs (so nnU-Net can load it)
+        and, for a backbone, the checkpoint's class count (nnU-Net's loader only skips ``.seg_layers.`` heads)."""
+        build = functools.partial(build_stock_network, self.spec)
         network = build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                         enable_deep_supervision)
+        if self.spec.backbone is not None:
+            classes = checkpoint_output_channels(network, self._source.weights)
+            if classes is not None and classes != num_output_channels:
+                resize_heads(network, classes)
         theirs = checkpoint_input_channels(network, self._source.weights)
         if theirs is None or theirs == num_input_channels:
             return network
@@ -143,6 +180,8 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         statuses: dict[int, tuple[str, str]] = {}
         classes, channels = class_summary(None, {}), None
         if source is not None:
+            # a backbone built with the checkpoint's class count gets fresh heads of the target's first
+            stock_ids.update(resize_heads(network, self.label_manager.num_segmentation_heads))
             label_map = label_map_from_env()
             statuses.update(map_heads(network, source, self.dataset_json, label_map))
             classes = class_summary(source, self.dataset_json, label_map)

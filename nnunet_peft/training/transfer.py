@@ -40,7 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnunet_peft.placement import input_convolution
+from nnunet_peft.placement import _CONVS, input_convolution, network_stages, replace_module, unique_modules
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 LABEL_MAP_ENV = "NNUNET_PEFT_LABEL_MAP"
 # a new class's logit starts this far below the mean of the matched classes' logits
@@ -196,8 +198,42 @@ def map_classes(source_json: dict[str, Any] | None, target_json: dict[str, Any],
 
 
 def head_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(state-dict prefix, conv)`` of every segmentation head (``decoder.seg_layers.i``)."""
-    return [(f"decoder.seg_layers.{i}", m) for i, m in enumerate(network.decoder.seg_layers)]
+    """``(state-dict prefix, conv)`` of every segmentation head: the convolutions of the placement map's
+    ``seg_layers`` stage (a U-Net's ``decoder.seg_layers.i``, UNETR's ``out.conv.conv``, ...)."""
+    stage = next(s for s in network_stages(network) if s.placement == "seg_layers")
+    names = {id(m): name for name, m in network.named_modules()}
+    return [(names[id(m)], m) for _, m in unique_modules(stage.modules, _CONVS)]
+
+
+def _out_first(weight: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """A head's kernel with output channels first (a transposed convolution stores them second)."""
+    return weight.transpose(0, 1) if isinstance(head, _TRANSPOSED) else weight
+
+
+def checkpoint_output_channels(network: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
+    """The class count of the checkpoint's first head, found under this network's head names."""
+    prefix, head = head_modules(network)[0]
+    w = weights.get(f"{prefix}.weight")
+    return None if w is None else int(_out_first(w, head).shape[0])
+
+
+def resize_heads(network: nn.Module, num_classes: int) -> set[int]:
+    """Give every head ``num_classes`` outputs, freshly initialised (PyTorch's default), where it has another
+    count; returns the ids of the new tensors. Every head must then be written (``map_heads``) or trained."""
+    new_ids: set[int] = set()
+    for _, head in head_modules(network):
+        if head.out_channels == num_classes:
+            continue
+        kwargs = dict(kernel_size=head.kernel_size, stride=head.stride, padding=head.padding,
+                      dilation=head.dilation, bias=head.bias is not None)
+        if isinstance(head, _TRANSPOSED):
+            kwargs["output_padding"] = head.output_padding
+        fresh = type(head)(head.in_channels, num_classes, **kwargs).to(device=head.weight.device,
+                                                                       dtype=head.weight.dtype)
+        fresh.requires_grad_(head.weight.requires_grad)
+        replace_module(network, head, fresh)
+        new_ids.update(id(p) for p in fresh.parameters())
+    return new_ids
 
 
 @torch.no_grad()
@@ -230,9 +266,10 @@ def map_heads(network: nn.Module, source: Source, target_json: dict[str, Any],
                                    ("re-initialised", f"{why_not}; checkpoint {tuple(w.shape[:2])} vs network "
                                                       f"{tuple(head.weight.shape[:2])}"))
         return statuses
-    if len(mapping.source_names) != theirs[heads[0][0]][0].shape[0]:
+    n_theirs = _out_first(theirs[heads[0][0]][0], heads[0][1]).shape[0]
+    if len(mapping.source_names) != n_theirs:
         raise ValueError(f"{source.path}: its dataset.json ({source.dataset_json_origin}) lists "
-                         f"{len(mapping.source_names)} classes but its heads have {theirs[heads[0][0]][0].shape[0]} "
+                         f"{len(mapping.source_names)} classes but its heads have {n_theirs} "
                          "outputs; the dataset.json does not belong to this checkpoint")
     kept = [i for i, s in enumerate(mapping.sources) if s is not None]
     new = [i for i, s in enumerate(mapping.sources) if s is None]
@@ -242,10 +279,11 @@ def map_heads(network: nn.Module, source: Source, target_json: dict[str, Any],
     if new:
         reason += f"; new classes: mean of the matched rows, bias - {NEW_CLASS_LOGIT_MARGIN:g}"
     for (p, head), (w, b) in zip(heads, theirs.values()):
-        if w.shape[1:] != head.weight.shape[1:]:
+        if _out_first(w, head).shape[1:] != _out_first(head.weight, head).shape[1:]:
             raise ValueError(f"{p}.weight: checkpoint {tuple(w.shape)} vs network {tuple(head.weight.shape)}: the "
                              "decoder differs, so the checkpoint does not fit this architecture")
-        weight = torch.empty_like(head.weight)
+        w = _out_first(w, head)
+        weight = torch.empty_like(_out_first(head.weight, head))
         bias = None if head.bias is None else torch.empty_like(head.bias)
         for i in kept:
             weight[i] = w[mapping.sources[i]].to(weight)
@@ -256,7 +294,7 @@ def map_heads(network: nn.Module, source: Source, target_json: dict[str, Any],
                 raise ValueError("new classes need at least one matched class and head biases")
             weight[new] = weight[kept].mean(0, keepdim=True)
             bias[new] = bias[kept].mean() - NEW_CLASS_LOGIT_MARGIN
-        head.weight.copy_(weight)
+        head.weight.copy_(_out_first(weight, head))
         if bias is not None:
             head.bias.copy_(bias)
         for t in head.parameters():
