@@ -158,8 +158,14 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         theirs = checkpoint_input_channels(network, self._source.weights)
         if theirs is None or theirs == num_input_channels:
             return network
+        src = channel_names(self._source.dataset_json)
+        if self.spec.backbone is not None:  # the ch* tokens are refused with a backbone (names.py says why)
+            raise ValueError(
+                f"the checkpoint {self._source.path} takes {theirs} input channel(s){f' {src}' if src else ''}, but "
+                f"{self.plans_manager.dataset_name} has {num_input_channels} {channel_names(self.dataset_json)}; the "
+                f"{self.spec.backbone} backbone cannot rebuild its input layers for other channels. Convert the "
+                "target with the checkpoint's channels, or fine-tune a U-Net checkpoint.")
         if self.spec.input_channels is None:
-            src = channel_names(self._source.dataset_json)
             raise ValueError(
                 f"the checkpoint {self._source.path} takes {theirs} input channel(s){f' {src}' if src else ''}, but "
                 f"{self.plans_manager.dataset_name} has {num_input_channels} {channel_names(self.dataset_json)}. Say how "
