@@ -319,3 +319,30 @@ def test_plan_from_checkpoint_checks_a_backbone_checkpoint_against_its_patch_siz
     plans["configurations"]["3d_fullres"]["patch_size"] = [32, 32, 32]  # not the checkpoint's: refused
     with pytest.raises(ValueError, match="position_embeddings"):
         check_weights_fit(plans, "3d_fullres", DATASET_JSON, weights, "source.pth", backbone="unetr")
+
+
+def test_plan_from_checkpoint_keeps_a_unetr_checkpoints_patch_size_and_names_its_backbone(tmp_path, monkeypatch):
+    import json
+
+    from test_plans_from_checkpoint import (SOURCE_JSON, SOURCE_PLANS, TARGET_FINGERPRINT, TARGET_JSON, _fake_nnunet,
+                                            _target_with_images)
+
+    from nnunet_peft import plans_from_checkpoint as pfc
+
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    _target_with_images(raw, 1)
+    (raw / "Dataset902_Tgt" / "dataset.json").write_text(json.dumps(TARGET_JSON), encoding="utf-8")
+    plans = copy.deepcopy(SOURCE_PLANS)
+    plans["configurations"]["3d_fullres"].update(patch_size=[16, 32, 32], **{PLANS_KEY: {"unetr": TINY["unetr"][1]}})
+    weights = build_backbone("unetr", (16, 32, 32), 1, 2, **TINY["unetr"][1]).state_dict()
+    torch.save({"init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": SOURCE_JSON},
+                "network_weights": weights, "trainer_name": "nnUNetTrainerFinetune_unetr_scratch",
+                "current_epoch": 1}, tmp_path / "ckpt.pth")
+    log: list[str] = []
+    monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(TARGET_FINGERPRINT, {}))
+    path = pfc.plan_from_checkpoint(902, tmp_path / "ckpt.pth", num_processes=1, raw_folder=raw,
+                                    preprocessed_folder=pre, log=log.append)
+    config = json.loads(path.read_text(encoding="utf-8"))["configurations"]["3d_fullres"]
+    assert config["patch_size"] == [16, 32, 32] and config[PLANS_KEY] == {"unetr": TINY["unetr"][1]}
+    assert any("kept from the checkpoint: the unetr backbone" in line for line in log)
+    assert log[-1].strip().endswith(f"-tr nnUNetTrainerCPLoRA_unetr -pretrained_weights {tmp_path / 'ckpt.pth'}")
