@@ -63,15 +63,15 @@ BACKBONES: dict[str, Backbone] = {
     # UNETR as in the LoRA-PT / tCURLoRA papers (MONAI's defaults): ViT-B/16 encoder
     "unetr": Backbone("unetr", "unetr", 16, {
         "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "proj_type": "conv",
-        "norm_name": "instance", "res_block": True, "dropout_rate": 0.0}, description="UNETR (MONAI), ViT-B/16"),
+        "norm_name": "instance", "res_block": True, "dropout_rate": 0.0}, description="UNETR (MONAI)"),
     # SwinUNETR as in the HyPS paper and MONAI's BraTS 2021 model: feature size 48
     "swinunetr": Backbone("swinunetr", "swinunetr", 32, {
         "feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "norm_name": "instance",
-        "downsample": "merging", "use_v2": False}, description="SwinUNETR (MONAI), feature size 48"),
+        "downsample": "merging", "use_v2": False}, description="SwinUNETR (MONAI)"),
     **{f"primus{'' if size == 'S' else size}": Backbone(
         f"primus{'' if size == 'S' else size}", "primus", 8,
         {"embed_dim": dim, "eva_depth": depth, "eva_numheads": heads, **_PRIMUS_COMMON}, dims=(3,),
-        description=f"Primus-{size} (dynamic_network_architectures, nnU-Net's nnUNet_Primus_{size}_Trainer)")
+        description=f"Primus-{size} (dynamic_network_architectures)")
        for size, (dim, depth, heads) in _PRIMUS.items()},
 }
 

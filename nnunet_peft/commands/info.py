@@ -164,7 +164,7 @@ def describe_results(folder: Path, folds: list[Path]) -> dict[str, Any]:
     fields += _trainer_fields(trainer)
     fields.append(("plans", str(plans.get("plans_name", parts[1] if len(parts) == 3 else "?"))))
     fields.append(("configuration", str(configuration)))
-    fields.append(("backbone", _plans_class(plans, configuration) or "?"))
+    fields.append(("backbone", _architecture(plans, configuration, trainer) or "?"))
     fields += _dataset_fields(plans, dataset_json)
     return {"path": str(folder), "kind": "results", "fields": fields, "folds": fold_entries}
 
@@ -219,7 +219,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     weights = ckpt["network_weights"]
     fields: Fields = [("kind", "nnU-Net checkpoint"), ("file size", _size(path.stat().st_size))]
     fields += _trainer_fields(trainer)
-    fields.append(("architecture", _plans_class(plans, configuration, full=True) or "not recorded"))
+    fields.append(("architecture", _architecture(plans, configuration, trainer, full=True) or "not recorded"))
     network = None
     if plans and configuration and dataset_json and trainer:
         try:
@@ -294,6 +294,22 @@ def _dataset_fields(plans: dict, dataset_json: dict | None) -> Fields:
     fields.append(("labels", _labels_text((dataset_json or {}).get("labels"))))
     fields.append(("channels", _labels_text(_channels(dataset_json))))
     return fields
+
+
+def _architecture(plans: dict | None, configuration: str | None, trainer: str | None,
+                  full: bool = False) -> str | None:
+    """The network ``trainer`` builds: its backbone token's, else the plans' class."""
+    from nnunet_peft.backbones import BACKBONES
+    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+
+    if trainer and is_plugin_name(trainer):
+        try:
+            backbone = parse_trainer_name(trainer).backbone
+        except ValueError:
+            backbone = None
+        if backbone is not None:
+            return BACKBONES[backbone].description
+    return _plans_class(plans, configuration, full)
 
 
 def _plans_class(plans: dict | None, configuration: str | None, full: bool = False) -> str | None:
