@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PLACEMENTS = ("encoder", "bottleneck", "decoder")
-FORWARD_MODES = ("chain", "reconstruct")
+FORWARD_MODES = ("chain", "reconstruct", "projected")
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,11 @@ class PeftConfig:
             ``rank`` (scale 1), keeping ``alpha / r`` constant across ranks as LoRA-C advises.
         placement: any non-empty subset of ``("encoder", "bottleneck", "decoder")``.
         forward_mode: ``"chain"`` runs the factors as thin convolutions beside the frozen
-            one, ``"reconstruct"`` builds ``W0 + dW`` and runs one convolution. ``None``
-            takes the method's measured default.
+            one, ``"reconstruct"`` builds ``W0 + dW`` and runs one convolution, ``"projected"``
+            runs that one convolution but computes the factors' gradients from the output
+            gradient projected onto the rank-``r`` subspace, without the kernel's full weight
+            gradient (``nnunet_peft.layers.projected``; methods with an ``s * B @ A`` update:
+            LoRA-C, CP-LoRA, their DoRA variants, HyPS). ``None`` takes the method's measured default.
         serial_width: HyPS bottleneck width ``d``; defaults to ``rank``.
         cp_init: CP-LoRA / CP-DoRA factor initialisation: ``"random"`` (unit-scale random
             columns) or ``"parafac"`` (input and spatial factors from a CP decomposition of

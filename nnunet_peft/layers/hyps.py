@@ -8,6 +8,7 @@ from torch import nn
 
 from nnunet_peft.config import PeftConfig
 from nnunet_peft.layers.base import AdapterLayer
+from nnunet_peft.layers.projected import Geometry, projected_lowrank
 
 
 class HyPSAdapter(AdapterLayer):
@@ -67,6 +68,12 @@ class HyPSAdapter(AdapterLayer):
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward_mode == "reconstruct" or not self.training:  # see LowRankAdapter
             y = self.base_op(x, self.adapted_weight(), self.base_layer.bias)
+        elif self.forward_mode == "projected":
+            # W0 + (s B A - s B0 A0), the reconstruct mode's own operations, so the identity at init stays exact
+            y = projected_lowrank(x, self.base_weight(), self.base_layer.bias, self.parallel_B,
+                                  self.parallel_A.reshape(self.rank, self.in_channels, *self.kernel_size),
+                                  Geometry.of(self.base_layer), self.scaling,
+                                  offset=self._product(self.parallel_B0, self.parallel_A0))
         else:
             residual = (self.base_weight() - self._product(self.parallel_B0, self.parallel_A0)).detach()
             down = self.base_op(x, self.parallel_A.reshape(self.rank, self.in_channels, *self.kernel_size))

@@ -3,7 +3,9 @@
 Each class defines the update ``dW`` (``delta_weight``) and, where the factors form a chain of
 convolutions, ``chain`` (the update's output computed without building ``dW``). DoRA is a flag of
 the shared base: the magnitude re-normalisation commutes with the layer's operation per output
-channel, so it applies to either forward mode. On a Linear layer (``K = 1``, no kernel axes) the
+channel, so it applies to every forward mode. ``projection_factors`` writes the update as
+``s * B @ A`` with a rank-``r`` inner dimension where the method has one, which the projected mode
+(``nnunet_peft.layers.projected``) needs. On a Linear layer (``K = 1``, no kernel axes) the
 same classes compute LoRA, with convLoRA equal to LoRA-C and CP-LoRA a rank-``r`` product
 ``U_out U_in^T`` (docs/METHODS.md, "Linear layers").
 """
@@ -16,6 +18,7 @@ from torch import nn
 
 from nnunet_peft.config import PeftConfig
 from nnunet_peft.layers.base import AdapterLayer
+from nnunet_peft.layers.projected import Geometry, projected_lowrank
 
 
 class LowRankAdapter(AdapterLayer):
@@ -48,11 +51,20 @@ class LowRankAdapter(AdapterLayer):
     def chain(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def projection_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, A)`` with ``dW = s * B @ A``: ``B`` is ``Cout x r``, ``A`` an ``r x Cin x k...`` kernel bank."""
+        raise NotImplementedError
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The chain only pays off in training, by avoiding the kernel's weight gradient; in eval mode
-        # (validation, prediction) one convolution with the rebuilt kernel costs what a merged network costs.
+        # The chain and the projected mode only pay off in training, by avoiding the kernel's weight gradient;
+        # in eval mode (validation, prediction) one convolution with the rebuilt kernel costs what a merged
+        # network costs.
         if self.forward_mode == "reconstruct" or not self.training:
             return super().adapter_forward(x)
+        if self.forward_mode == "projected":
+            b, a = self.projection_factors()
+            return projected_lowrank(x, self.base_weight(), self.base_layer.bias, b, a, Geometry.of(self.base_layer),
+                                     self.scaling, self.dora_magnitude if self.dora else None, self.dora_eps)
         y = self.base_layer(x) + self.chain(x)
         if not self.dora:
             return y
@@ -85,6 +97,9 @@ class LoRACAdapter(LowRankAdapter):
     def chain(self, x: torch.Tensor) -> torch.Tensor:
         down = self.base_op(x, self.lora_A.reshape(self.rank, self.in_channels, *self.kernel_size))
         return self.pointwise(down, self.lora_B * self.scaling)
+
+    def projection_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_B, self.lora_A.reshape(self.rank, self.in_channels, *self.kernel_size)
 
 
 class ConvLoRAAdapter(LowRankAdapter):
@@ -128,11 +143,17 @@ class CPLoRAAdapter(LowRankAdapter):
         if init_weights:
             self._init_factors(config.cp_init)
         self._einsum = self._delta_equation(self.ndim)
+        self._bank_einsum = self._bank_equation(self.ndim)
 
     @staticmethod
     def _delta_equation(ndim: int) -> str:
         axes = "abcdefgh"[:ndim]
         return ",".join(["oq", "iq", *[f"{a}q" for a in axes]]) + f"->oi{axes}"
+
+    @staticmethod
+    def _bank_equation(ndim: int) -> str:
+        axes = "abcdefgh"[:ndim]
+        return ",".join(["iq", *[f"{a}q" for a in axes]]) + f"->qi{axes}"
 
     @torch.no_grad()
     def _init_factors(self, cp_init: str) -> None:
@@ -150,6 +171,10 @@ class CPLoRAAdapter(LowRankAdapter):
 
     def delta_weight(self) -> torch.Tensor:
         return torch.einsum(self._einsum, self.cp_out, self.cp_in, *self.cp_spatial) * self.scaling
+
+    def projection_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # A[q] = U_in[:, q] (x) U_1[:, q] (x) ... : r separable kernels, built small; autograd carries dA to the factors
+        return self.cp_out, torch.einsum(self._bank_einsum, self.cp_in, *self.cp_spatial)
 
     def chain(self, x: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
