@@ -71,10 +71,25 @@ def effective_rank(rank: int, rows: int, cols: int) -> int:
 
 
 class TensorGroup(nn.Module):
-    """The shared factors of one group of same-shape kernels."""
+    """The shared factors of one group of same-shape kernels.
+
+    In training every layer of the group needs its slice of the same update; ``layer_update`` builds
+    the whole update once per training step and hands each layer its slice, instead of each layer
+    building its own. The build is reused while it is valid: same factors and buffers (an optimiser
+    step or a load changes a tensor's version), same autocast state, and no backward pass has yet run
+    through it (its graph is freed then; a hook on the build forgets it). One limitation follows:
+    two forward passes that share a build must be backpropagated together (as one summed loss), not
+    one after the other. Without gradients (validation, merging) and under torch.compile, where the
+    shared products are common subexpressions of one graph anyway, each layer computes its slice.
+    """
+
+    #: build the update once per step and slice it (``False``: every layer computes its own slice)
+    share_updates: bool = True
 
     def __init__(self, kernels: list[torch.Tensor], config: PeftConfig) -> None:
         super().__init__()
+        self._shared: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        self.builds = 0  # whole-update builds for the layers, counted for the tests
         self.num_layers = len(kernels)
         self.kernel_shape = tuple(kernels[0].shape)
         self.rows, self.cols = self.kernel_shape[0], int(torch.tensor(self.kernel_shape[1:]).prod())
@@ -92,6 +107,34 @@ class TensorGroup(nn.Module):
     def delta_slice(self, index: int) -> torch.Tensor:
         """The update of slice ``index`` in its kernel's shape."""
         return self.delta()[:, :, index].reshape(self.kernel_shape)
+
+    def layer_update(self, index: int) -> torch.Tensor:
+        """Slice ``index`` of the update for a layer's forward pass (see the class docstring)."""
+        if not (self.share_updates and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return self.delta_slice(index)
+        key = self._state_key()
+        if self._shared is None or self._shared[0] != key:
+            delta = self.delta()
+            self.builds += 1
+            if delta.requires_grad:
+                delta.register_hook(self._forget)
+            # unbind, not indexing: the backward pass then stacks the L slice gradients once
+            self._shared = (key, tuple(d.reshape(self.kernel_shape) for d in delta.unbind(-1)))
+        return self._shared[1][index]
+
+    def _state_key(self) -> tuple:
+        tensors = [*self.parameters(), *self.buffers()]
+        device = tensors[0].device.type
+        amp = torch.is_autocast_enabled(device)
+        return (amp, torch.get_autocast_dtype(device) if amp else None,
+                tuple((t.data_ptr(), t._version, t.requires_grad) for t in tensors))
+
+    def _forget(self, grad: torch.Tensor) -> None:
+        self._shared = None
+
+    def __getstate__(self) -> dict:
+        # a build holds an autograd graph, which neither deepcopy nor pickle can carry
+        return {**self.__dict__, "_shared": None}
 
     def trainable_per_layer(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad) // self.num_layers
@@ -196,7 +239,7 @@ class TensorGroupAdapter(AdapterLayer):
         return list({id(g): g for g, _ in self.slices}.values())
 
     def delta_weight(self) -> torch.Tensor:
-        blocks = [group.delta_slice(index) for group, index in self.slices]
+        blocks = [group.layer_update(index) for group, index in self.slices]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
 
     def num_trainable_parameters(self) -> int:
