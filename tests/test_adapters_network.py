@@ -1,5 +1,6 @@
-"""The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D) and on a
-tiny transformer U-Net whose Linear layers include a fused q/k/v projection (tests/token_networks.py).
+"""The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D), on a
+tiny transformer U-Net whose Linear layers include a fused q/k/v projection (tests/token_networks.py),
+and on tiny UNETR, SwinUNETR and Primus built through nnunet_peft.backbones (tests/networks.py).
 
 Every property of the issue's bar is checked for every method and forward mode, on every
 network class and dimensionality, and for each placement on its own: identity at
@@ -7,6 +8,8 @@ initialisation, liveness of every stage's adapters, merge exactness, training dy
 parameter counts, DoRA's zero channels, save/load, and the errors of unusable configurations.
 """
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -17,7 +20,8 @@ from adapter_helpers import (
     DORA_METHODS, MERGEABLE_METHOD_MODES, METHOD_MODE_IDS, METHOD_MODES, adapter_tensors, conv_layout_shape,
     expected_group_count, expected_layer_count, layer_tensors, perturb_,
 )
-from networks import NET_SPECS, TOKEN_SPECS, build_network, outputs, pretrained_network, random_input
+from networks import (BACKBONE_SPECS, NET_SPECS, TOKEN_SPECS, outputs, pretrained_network,
+                      random_input)
 from nnunet_peft import (
     METHODS, PLACEMENTS, PeftConfig, adapter_layers, adapter_state_dict, count_parameters, inject_adapters,
     load_adapter, merge_adapters, save_adapter, trainable_parameter_table,
@@ -30,14 +34,34 @@ from nnunet_peft.placement import Stage, mark_fused, network_stages, replace_mod
 from nnunet_peft.summary import stage_rows
 
 NET_IDS = [s.id for s in NET_SPECS]
-# the CNNs and the transformer U-Net: every method on convolutions and Linear layers alike
-ADAPTER_SPECS = NET_SPECS + TOKEN_SPECS
+# the CNNs, the transformer U-Net and the backbones: every method on convolutions and Linear layers alike
+ADAPTER_SPECS = NET_SPECS + TOKEN_SPECS + BACKBONE_SPECS
 ADAPTER_IDS = [s.id for s in ADAPTER_SPECS]
-# each placement on its own for the CNNs; the transformer U-Net with all three at once (every stage is
-# still checked on its own where it matters, and the suite stays fast)
-SPEC_PLACEMENTS = [(s, (p,)) for s in NET_SPECS for p in PLACEMENTS] + [(s, PLACEMENTS) for s in TOKEN_SPECS]
+# each placement on its own for the CNNs and the backbones; the transformer U-Net with all three at once
+# (every stage is still checked on its own where it matters, and the suite stays fast)
+SPEC_PLACEMENTS = ([(s, (p,)) for s in NET_SPECS for p in PLACEMENTS] + [(s, PLACEMENTS) for s in TOKEN_SPECS]
+                   + [(s, (p,)) for s in BACKBONE_SPECS for p in PLACEMENTS])
 SPEC_PLACEMENT_IDS = [f"{s.id}-{'+'.join(p)}" for s, p in SPEC_PLACEMENTS]
 DORA_METHOD_MODES = [(m, mode) for m, mode in METHOD_MODES if m in DORA_METHODS]
+
+
+def cases(method_modes, spec_placements):
+    """``(method, mode, spec, placement)`` for every pair of each list, with readable ids.
+
+    The backbones run each method in its default forward mode only: the modes compute the same
+    function through the same layer classes, which the CNNs and the token U-Net check mode by mode on
+    convolutions and Linear layers; what the backbones add is their module structure.
+    """
+    found = [(m, mode, s, p) for s, p in spec_placements for m, mode in method_modes
+             if s not in BACKBONE_SPECS or mode == METHODS[m].default_forward_mode]
+    return pytest.mark.parametrize(("method", "mode", "spec", "placement"), found,
+                                   ids=[f"{m}-{mode}-{s.id}-{'+'.join(p)}" for m, mode, s, p in found])
+
+
+def head_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """The segmentation heads' parameters: the placement map's ``seg_layers`` stage."""
+    stage = next(s for s in network_stages(network) if s.placement == "seg_layers")
+    return [p for m in stage.modules for p in m.parameters()]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -70,8 +94,7 @@ def adapted(spec, method: str, mode: str, placement=PLACEMENTS, rank: int = 3, s
 
 
 # ----------------------------------------------------------------------------------- identity
-@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
-@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+@cases(METHOD_MODES, SPEC_PLACEMENTS)
 def test_identity_at_init(method, mode, spec, placement):
     x = random_input(spec)
     with torch.no_grad():
@@ -103,8 +126,7 @@ def stage_adapter_layers(stage) -> list[AdapterLayer]:
     return [m for _, m in unique_modules(stage.modules, AdapterLayer)]
 
 
-@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
-@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
+@cases(METHOD_MODES, SPEC_PLACEMENTS)
 def test_every_targeted_stage_is_live(method, mode, spec, placement):
     """Perturbing the adapters of any one targeted stage changes the output, and every adapter layer
     runs in the forward pass (an adapter reachable only as ``.conv`` would never run)."""
@@ -153,8 +175,7 @@ def test_replacing_only_dot_conv_leaves_the_adapter_out(spec):
 
 
 # -------------------------------------------------------------------------------------- merge
-@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
-@pytest.mark.parametrize(("method", "mode"), MERGEABLE_METHOD_MODES, ids=[f"{m}-{o}" for m, o in MERGEABLE_METHOD_MODES])
+@cases(MERGEABLE_METHOD_MODES, SPEC_PLACEMENTS)
 def test_merge_equals_unmerged_and_loads_into_a_stock_network(method, mode, spec, placement):
     net = adapted(spec, method, mode, placement).double()  # float64: the comparison is about algebra
     perturb_(adapter_tensors(net))
@@ -166,7 +187,7 @@ def test_merge_equals_unmerged_and_loads_into_a_stock_network(method, mode, spec
     scale = max(y.abs().max().item() for y in unmerged)
     assert max_abs_diff(merged, unmerged) <= 1e-10 * scale
     assert merged_net is net and not adapter_layers(net) and not hasattr(net, GROUPS_ATTR)
-    stock = build_network(spec, seed=123).double()
+    stock = pretrained_network(spec, seed=123).double()  # a network of the same class, other weights
     assert type(stock) is type(net)
     stock.load_state_dict(net.state_dict(), strict=True)
     with torch.no_grad():
@@ -193,13 +214,20 @@ def normalised_dora_magnitudes(network: nn.Module) -> list[nn.Parameter]:
     magnitude's gradient there is O(eps / variance) and an SGD step on it rounds to nothing in
     float32. Those magnitudes are checked for a finite gradient instead of for movement; the
     magnitudes of the transposed convolutions, which no norm follows, must move.
+
+    The pairs: dynamic_network_architectures' ``ConvDropoutNormReLU`` (``conv``, ``norm``) and MONAI's
+    ``UnetBasicBlock`` / ``UnetResBlock`` (``convN``, a ``Convolution`` holding its layer as ``.conv``,
+    then ``normN``; ``conv3``/``norm3`` is the residual projection), which UNETR and SwinUNETR use.
     """
     found = []
     for block in network.modules():
-        conv, norm = getattr(block, "conv", None), getattr(block, "norm", None)
-        if isinstance(conv, AdapterLayer) and isinstance(norm, nn.modules.instancenorm._InstanceNorm):
-            if hasattr(conv, "dora_magnitude"):
-                found.append(conv.dora_magnitude)
+        for conv_name, norm_name in (("conv", "norm"), ("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3")):
+            conv, norm = getattr(block, conv_name, None), getattr(block, norm_name, None)
+            if not isinstance(conv, AdapterLayer):  # MONAI's Convolution wraps its layer
+                conv = getattr(conv, "conv", None)
+            if isinstance(conv, AdapterLayer) and isinstance(norm, nn.modules.instancenorm._InstanceNorm):
+                if hasattr(conv, "dora_magnitude"):
+                    found.append(conv.dora_magnitude)
     return found
 
 
@@ -218,11 +246,17 @@ def test_dora_magnitude_before_instance_norm_is_scale_invariant():
         assert max_abs_diff(outputs(net, x), reference) < 1e-3
 
 
-@pytest.mark.parametrize(("spec", "placement"), SPEC_PLACEMENTS, ids=SPEC_PLACEMENT_IDS)
-@pytest.mark.parametrize(("method", "mode"), METHOD_MODES, ids=METHOD_MODE_IDS)
-def test_two_sgd_steps_move_every_adapter_tensor_and_nothing_frozen(method, mode, spec, placement):
+@cases(METHOD_MODES, SPEC_PLACEMENTS)
+def test_two_sgd_steps_reach_every_adapter_tensor_and_nothing_frozen(method, mode, spec, placement):
+    """Every trainable tensor receives a nonzero gradient within two SGD steps (a factor initialised to
+    zero leaves its partner's first gradient at zero), and nothing frozen moves.
+
+    A gradient rather than movement: deep in a tiny ViT, the second-step gradient of a LoRA ``A``
+    behind a ``B`` that one step has moved is ~1e-9, so its SGD step is below float32 resolution of
+    ``A``'s values (~0.2) though the tensor is trained.
+    """
     net = adapted(spec, method, mode, placement).train()
-    heads = {id(p) for p in net.decoder.seg_layers.parameters()}
+    heads = {id(p) for p in head_parameters(net)}
     adapters = {id(p) for p in adapter_tensors(net)}
     trainable = {name: p for name, p in net.named_parameters() if p.requires_grad}
     assert adapters and {id(p) for p in trainable.values()} == adapters | heads, \
@@ -235,19 +269,25 @@ def test_two_sgd_steps_move_every_adapter_tensor_and_nothing_frozen(method, mode
     g = torch.Generator().manual_seed(7)
     targets = [torch.randn(y.shape, generator=g) for y in outputs(net, x)]
     optimizer = torch.optim.SGD(trainable.values(), lr=0.1, momentum=0.0)
+    reached: set[str] = set()
     for _ in range(2):
         optimizer.zero_grad()
         loss = sum(F.mse_loss(y, t) for y, t in zip(outputs(net, x), targets))
         loss.backward()
+        for name, p in trainable.items():
+            assert p.grad is None or torch.isfinite(p.grad).all(), name
+            if p.grad is not None and p.grad.count_nonzero():
+                reached.add(name)
         optimizer.step()
 
     assert torch.isfinite(loss)
     scale_invariant = normalised_dora_magnitudes(net)
     for p in scale_invariant:
         assert p.grad is not None and torch.isfinite(p.grad).all()
-    unchanged = [name for name, p in trainable.items()
-                 if torch.equal(p, before[name]) and id(p) not in {id(q) for q in scale_invariant}]
-    assert not unchanged, f"trainable tensors unchanged after two steps: {unchanged}"
+    unreached = [name for name, p in trainable.items()
+                 if name not in reached and id(p) not in {id(q) for q in scale_invariant}]
+    assert not unreached, f"trainable tensors without a gradient in two steps: {unreached}"
+    assert any(not torch.equal(p, before[name]) for name, p in trainable.items()), "the steps changed nothing"
     moved = [name for name, p in net.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
     assert not moved, f"frozen tensors changed: {moved}"
     moved = [name for name, b in net.named_buffers() if not torch.equal(b, buffers[name])]
@@ -262,13 +302,14 @@ def test_trainable_counts_follow_the_formulas(method, spec, placement, rank):
     net = pretrained_network(spec)
     named = target_modules(net, placement)
     targets = [conv for _, conv in named]
-    heads = sum(p.numel() for p in net.decoder.seg_layers.parameters())
+    heads = sum(p.numel() for p in head_parameters(net))
     inject_adapters(net, PeftConfig(method, rank=rank, placement=placement))
     layers = adapter_layers(net)
     assert {id(layer.base_layer) for layer in layers} == {id(conv) for conv in targets}
     if METHODS[method].family == "tensor":
-        # a fused q/k/v projection (the token network's ``attn.qkv``) is three matrices of a third of its rows
-        blocks = {id(conv): [(shape[0] // 3, *shape[1:])] * 3 if where.endswith(".qkv") else [shape]
+        # a fused q/k/v projection (a Linear registered as ``qkv``: the token network's ``attn.qkv``, MONAI's
+        # ``SABlock.qkv``, ``WindowAttention.qkv``) is three matrices of a third of its rows
+        blocks = {id(conv): [(shape[0] // 3, *shape[1:])] * 3 if re.split(r"[./]", where)[-1] == "qkv" else [shape]
                   for where, conv in named for shape in [conv_layout_shape(conv)]}
         groups: dict[tuple, int] = {}
         for shape in (shape for conv in targets for shape in blocks[id(conv)]):
@@ -302,9 +343,8 @@ def test_per_stage_table_adds_up(method):
 
 
 # --------------------------------------------------------------------------------------- DoRA
-@pytest.mark.parametrize("spec", ADAPTER_SPECS, ids=ADAPTER_IDS)
-@pytest.mark.parametrize(("method", "mode"), DORA_METHOD_MODES, ids=[f"{m}-{o}" for m, o in DORA_METHOD_MODES])
-def test_dora_with_an_all_zero_output_channel_stays_finite(method, mode, spec):
+@cases(DORA_METHOD_MODES, [(s, PLACEMENTS) for s in ADAPTER_SPECS])
+def test_dora_with_an_all_zero_output_channel_stays_finite(method, mode, spec, placement):
     net = pretrained_network(spec)
     with torch.no_grad():
         for _, conv in target_modules(net, PLACEMENTS):  # output channel 0 of every target: all zero
