@@ -2,7 +2,9 @@
 
 Builds the default nnU-Net ``3d_fullres`` PlainConvUNet (features 32, 64, ... capped at 320,
 kernels 3, strides 1, 2, 2, ..., two convolutions per stage, InstanceNorm, LeakyReLU, deep
-supervision) and measures, side by side in one process:
+supervision), or with ``--network unetr|swinunetr|primus`` a transformer backbone as the trainers'
+backbone tokens build it (``nnunet_peft.backbones``: the papers' sizes, ``--backbone-size small``
+or ``--backbone-kwargs`` for a CPU; no deep supervision), and measures, side by side in one process:
 
 * one training step (forward, deep-supervision loss, backward, SGD step with momentum 0.99 and
   Nesterov as nnU-Net uses, over the trainable tensors) for full fine-tuning, for the *frozen floor*
@@ -26,6 +28,8 @@ device, dtype / AMP) so that a table never travels without it. Usage::
     python scripts/benchmark_adapters.py --device cuda --out benchmark.md     # CUDA: AMP, 6 stages, 2 x 128^3
     python scripts/benchmark_adapters.py --stages 5 --patch 48 --ranks 8 32 --placements all decoder \\
         --warmup 3 --repeats 7 --per-layer --out table.md                      # the README's table
+    python scripts/benchmark_adapters.py --network unetr --device cuda --patch 96 --modes default \\
+        --ranks 8 --warmup 3 --repeats 7 --out unetr.md                        # UNETR of the LoRA-PT paper
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ import torch
 from torch import nn
 
 from nnunet_peft import METHODS, PLACEMENTS, PeftConfig, configure_finetuning, count_parameters, inject_adapters, merge_adapters
+from nnunet_peft.backbones import BACKBONES, build_backbone, patch_size_problem
 from nnunet_peft.injection import LAYER_CLASSES, adapter_layers
 from nnunet_peft.placement import target_convolutions
 
@@ -53,6 +58,14 @@ REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
 ALL = "all"  # the placement label of encoder + bottleneck + decoder
+NETWORKS = ("unet", "unetr", "swinunetr", "primus")
+# ``--backbone-size small``: a few million parameters, so that a CPU runs a step in seconds at 64^3
+# (the papers' sizes are the defaults, as for the trainers' backbone tokens)
+SMALL_BACKBONES = {
+    "unetr": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 4},
+    "swinunetr": {"feature_size": 24},
+    "primus": {"embed_dim": 192, "eva_depth": 6, "eva_numheads": 4},
+}
 
 
 def placement_label(placement: tuple[str, ...]) -> str:
@@ -144,10 +157,18 @@ def arch_kwargs(n_stages: int) -> dict:
     }
 
 
+def backbone_kwargs(args: argparse.Namespace) -> dict:
+    """Constructor overrides of the backbone: ``--backbone-size``'s, then ``--backbone-kwargs``."""
+    return {**(SMALL_BACKBONES[args.network] if args.backbone_size == "small" else {}), **args.backbone_kwargs}
+
+
 def build_network(args: argparse.Namespace, deep_supervision: bool = True) -> nn.Module:
+    """The benchmarked network; a backbone has no deep supervision whatever ``deep_supervision`` says."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     torch.manual_seed(0)
+    if args.network != "unet":
+        return build_backbone(args.network, (args.patch,) * 3, args.in_channels, args.classes, **backbone_kwargs(args))
     return get_network_from_plans(
         PLAIN, arch_kwargs(args.stages), REQUIRES_IMPORT, args.in_channels, args.classes,
         allow_init=True, deep_supervision=deep_supervision,
@@ -183,14 +204,18 @@ def make_batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Te
     g = torch.Generator().manual_seed(1)
     shape = (args.batch, args.in_channels, *([args.patch] * 3))
     x = torch.randn(shape, generator=g).to(device)
-    # one target per deep-supervision output, at that output's resolution
+    # one target per deep-supervision output, at that output's resolution (a backbone has one output)
+    outputs = 1 if args.network != "unet" else args.stages - 1
     targets = [torch.randn((args.batch, args.classes, *([args.patch // 2 ** i] * 3)), generator=g).to(device)
-               for i in range(args.stages - 1)]
+               for i in range(outputs)]
     return x, targets
 
 
 def ds_weights(n: int) -> list[float]:
-    """nnU-Net's deep-supervision weights: halving per level, the lowest output dropped, normalised."""
+    """nnU-Net's deep-supervision weights: halving per level, the lowest output dropped, normalised; one
+    output (no deep supervision) has weight 1."""
+    if n == 1:
+        return [1.0]
     w = [1 / 2 ** i for i in range(n)]
     w[-1] = 0.0
     return [v / sum(w) for v in w]
@@ -209,6 +234,7 @@ class Stepper:
             x = x.detach().requires_grad_(True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             outputs = self.net(x)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             weights = ds_weights(len(outputs))
             loss = sum(w * torch.nn.functional.mse_loss(o.float(), t) for w, o, t in zip(weights, outputs, targets) if w)
         if self.scaler is not None:
@@ -263,7 +289,8 @@ def cpu_peak_bytes_subprocess(setting: Setting, args: argparse.Namespace) -> int
     the process's resident memory just before the network is built (interpreter, torch, inputs)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", setting.name,
            "--stages", str(args.stages), "--patch", str(args.patch), "--batch", str(args.batch),
-           "--threads", str(args.threads), "--device", "cpu"]
+           "--threads", str(args.threads), "--device", "cpu", "--network", args.network,
+           "--backbone-size", args.backbone_size, "--backbone-kwargs", json.dumps(args.backbone_kwargs)]
     out = subprocess.run(cmd, check=True, capture_output=True, encoding="utf-8", errors="replace").stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
@@ -302,7 +329,8 @@ def inference_network(setting: Setting, net: nn.Module) -> nn.Module:
     else:
         for layer in adapter_layers(net):
             layer.merge()
-    net.decoder.deep_supervision = False  # nnU-Net predicts without deep supervision
+    if hasattr(net, "decoder") and hasattr(net.decoder, "deep_supervision"):
+        net.decoder.deep_supervision = False  # nnU-Net predicts without deep supervision
     return net
 
 
@@ -376,8 +404,7 @@ def method_text(args: argparse.Namespace) -> str:
                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     return "\n".join([
         f"Machine: {machine(args)}",
-        f"Network: 3d_fullres PlainConvUNet, {args.stages} stages, features "
-        f"{arch_kwargs(args.stages)['features_per_stage']}, batch {args.batch} x {args.patch}^3, deep supervision.",
+        f"Network: {network_text(args)}, batch {args.batch} x {args.patch}^3.",
         "Method:",
         "- timed: one training step = forward in train mode, nnU-Net's deep-supervision weighting of a loss "
         "(MSE against fixed random targets stands in for Dice + CE), backward, optimiser step, "
@@ -398,6 +425,20 @@ def method_text(args: argparse.Namespace) -> str:
         "- merged inference: the base network against each method's merged network (HyPS: parallel part merged, "
         "serial part kept), forward without gradients, same steps and statistic.",
     ])
+
+
+def network_text(args: argparse.Namespace) -> str:
+    if args.network == "unet":
+        return (f"3d_fullres PlainConvUNet, {args.stages} stages, features "
+                f"{arch_kwargs(args.stages)['features_per_stage']}, deep supervision")
+    kwargs = {**BACKBONES[args.network].defaults, **backbone_kwargs(args)}
+    if not backbone_kwargs(args):
+        size = "the papers' configuration"
+    else:
+        size = " with ".join(([f"--backbone-size {args.backbone_size}"] if args.backbone_size != "paper" else [])
+                             + (["--backbone-kwargs"] if args.backbone_kwargs else []))
+    return (f"{BACKBONES[args.network].description} ({size}): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + "; no deep supervision (one output)")
 
 
 def report_block(block: list[Setting], result: dict, args: argparse.Namespace) -> str:
@@ -462,8 +503,8 @@ def network_layers(args: argparse.Namespace, device: torch.device) -> list[tuple
 
 
 def layer_signature(layer: nn.Module, shape: tuple[int, ...]) -> tuple:
-    return (type(layer).__name__, tuple(layer.weight.shape), layer.stride, layer.padding,
-            getattr(layer, "output_padding", None), shape)
+    return (type(layer).__name__, tuple(layer.weight.shape), getattr(layer, "stride", None),
+            getattr(layer, "padding", None), getattr(layer, "output_padding", None), shape)
 
 
 def per_layer_report(args: argparse.Namespace, device: torch.device) -> str:
@@ -522,8 +563,11 @@ def per_layer_report(args: argparse.Namespace, device: torch.device) -> str:
         transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
         cin, cout, *kernel = layer.weight.shape if transposed else (layer.weight.shape[1], layer.weight.shape[0],
                                                                       *layer.weight.shape[2:])
-        kind = "convT" if transposed else "conv"
-        geometry = f"{kind} {cin}->{cout}, k{'x'.join(map(str, kernel))}, s{'x'.join(map(str, layer.stride))}"
+        if isinstance(layer, nn.Linear):
+            geometry = f"linear {cin}->{cout}"
+        else:
+            kind = "convT" if transposed else "conv"
+            geometry = f"{kind} {cin}->{cout}, k{'x'.join(map(str, kernel))}, s{'x'.join(map(str, layer.stride))}"
         for method in methods:
             for rank in args.ranks:
                 cells, present = [], {}
@@ -566,6 +610,15 @@ def machine(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--network", default="unet", choices=NETWORKS,
+                   help="nnU-Net's PlainConvUNet (default) or a transformer backbone (nnunet_peft.backbones)")
+    p.add_argument("--backbone-size", default="paper", choices=("paper", "small"),
+                   help="backbone sizes: the papers' (default; UNETR hidden 768, 12 heads; SwinUNETR feature size "
+                        "48; Primus-S) or small ones a CPU can step through: "
+                        + "; ".join(f"{k} {v}" for k, v in SMALL_BACKBONES.items()))
+    p.add_argument("--backbone-kwargs", type=json.loads, default={},
+                   help="JSON object of backbone constructor arguments over --backbone-size's, "
+                        "e.g. '{\"hidden_size\": 96, \"num_heads\": 2}'")
     p.add_argument("--stages", type=int, default=None, help="network stages (default 5 on CPU, 6 on CUDA)")
     p.add_argument("--patch", type=int, default=None, help="cubic patch edge (default 64 on CPU, 128 on CUDA)")
     p.add_argument("--batch", type=int, default=2)
@@ -594,10 +647,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--device cuda given but CUDA is not available")
     args.stages = args.stages or (6 if cuda else 5)
     args.patch = args.patch or (128 if cuda else 64)
-    if args.stages < 3:
-        p.error(f"--stages must be >= 3 (deep supervision needs two weighted outputs), got {args.stages}")
-    if args.patch % 2 ** (args.stages - 1):
-        p.error(f"--patch {args.patch} must be divisible by 2**(stages-1) = {2 ** (args.stages - 1)}")
+    if not isinstance(args.backbone_kwargs, dict):
+        p.error(f"--backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}")
+    if args.network == "unet":
+        if args.backbone_size != "paper" or args.backbone_kwargs:
+            p.error("--backbone-size and --backbone-kwargs are for --network unetr, swinunetr or primus")
+        if args.stages < 3:
+            p.error(f"--stages must be >= 3 (deep supervision needs two weighted outputs), got {args.stages}")
+        if args.patch % 2 ** (args.stages - 1):
+            p.error(f"--patch {args.patch} must be divisible by 2**(stages-1) = {2 ** (args.stages - 1)}")
+    else:
+        problem = patch_size_problem(args.network, (args.patch,) * 3)
+        if problem:
+            p.error(f"--patch {args.patch} for --network {args.network}: {problem}")
     if args.repeats < 1 or args.warmup < 0 or any(r < 1 for r in args.ranks):
         p.error("--repeats and --ranks must be >= 1, --warmup >= 0")
     try:

@@ -82,3 +82,45 @@ def test_report_states_its_method_and_lists_every_setting(bench, tmp_path, capsy
 def test_memory_probe_builds_the_named_setting(bench, capsys):
     assert bench.main([*TINY, "--memory-probe", "lora_c/reconstruct/r2@decoder"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peak_bytes"] >= 0
+
+
+TINY_UNETR = ["--network", "unetr", "--patch", "16", "--batch", "1", "--warmup", "0", "--repeats", "1",
+              "--threads", "1", "--backbone-kwargs",
+              json.dumps({"feature_size": 4, "hidden_size": 24, "mlp_dim": 48, "num_heads": 2})]
+
+
+def test_unetr_report_has_every_method_against_its_full_fine_tuning(bench, capsys):
+    assert bench.main([*TINY_UNETR, "--methods", "lora_pt", "hyps", "--modes", "default", "--ranks", "2",
+                       "--no-memory", "--per-layer", "--per-layer-methods", "lora_c"]) == 0
+    text = capsys.readouterr().out
+    assert "Network: UNETR (MONAI) (--backbone-kwargs): dropout_rate=0.0, feature_size=4, hidden_size=24" in text
+    assert "no deep supervision (one output), batch 1 x 16^3" in text
+    full, = [line for line in text.splitlines() if line.startswith("| full fine-tuning |")]
+    assert "| 1.00 | 1.00 |" in full
+    net = bench.build_network(bench.parse_args(TINY_UNETR))
+    assert f"| {sum(p.numel() for p in net.parameters()):,} (" in full  # full fine-tuning trains everything
+    for method in ("lora_pt", "hyps"):
+        row, = [line for line in text.splitlines() if line.startswith(f"| {method} |")]
+        assert "(default)" in row
+    assert "(serial kept)" in [line for line in text.splitlines() if line.startswith("| hyps |")][0]
+    # per layer: the ViT's Linear layers (qkv 24->72, out_proj 24->24, MLP 24->48->24) among the convolutions
+    layer_rows = [line for line in text.splitlines() if "| lora_c | 2 |" in line]
+    for geometry in ("linear 24->72", "linear 24->24", "linear 24->48", "linear 48->24"):
+        assert sum(geometry in r for r in layer_rows) == 1, geometry
+    assert any("convT" in r for r in layer_rows)
+
+
+def test_backbone_arguments_are_checked(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--network", "unetr", "--patch", "24"])
+    assert "multiple of 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backbone-size", "small"])  # the U-Net has no backbone size
+    assert "--network unetr, swinunetr or primus" in capsys.readouterr().err
+    args = bench.parse_args(["--network", "primus", "--backbone-size", "small", "--backbone-kwargs", '{"eva_depth": 2}'])
+    assert bench.backbone_kwargs(args) == {"embed_dim": 192, "eva_depth": 2, "eva_numheads": 4}
+
+
+def test_unetr_memory_probe_builds_the_named_setting(bench, capsys):
+    assert bench.main([*TINY_UNETR, "--memory-probe", "lora_pt/reconstruct/r2@decoder"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peak_bytes"] >= 0
