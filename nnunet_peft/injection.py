@@ -12,8 +12,8 @@ from nnunet_peft.layers.hyps import HyPSAdapter
 from nnunet_peft.layers.kinds import conv_layout_weight
 from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
 from nnunet_peft.layers.tensor import TENSOR_GROUPS, TensorGroupAdapter
-from nnunet_peft.placement import (fused_blocks, input_convolution, module_names, network_stages, replace_module,
-                                   target_modules)
+from nnunet_peft.placement import (check_called, fused_blocks, input_convolution, module_names, network_stages,
+                                   replace_module, target_modules)
 
 LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
     "lora_c": LoRACAdapter,
@@ -59,6 +59,7 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
                          f"{type(network).__name__}")
     for where, conv in targets:  # validate everything before changing anything
         check_adaptable(conv, config.method, where)
+    check_called(network, targets, config.method)
 
     if config.spec.family == "tensor":
         wrappers = _tensor_wrappers(network, targets, config, init_weights)

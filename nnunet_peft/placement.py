@@ -133,6 +133,42 @@ def fused_blocks(layer: nn.Module, names: list[str]) -> int:
     return 1
 
 
+# Modules whose forward reads a child layer's ``.weight`` instead of calling the layer: an adapter that
+# replaces that layer would never run. Keyed by (module, class) as backbones.backbone_family is, so that
+# timm need not be imported; the value says whether an instance does it, and how to avoid it.
+def _timm_eva_fused_qkv_reads_weight(attn: nn.Module) -> tuple[nn.Module, str] | None:
+    # timm's EvaAttention with qkv_fused=True and a q/v bias runs F.linear(x, self.qkv.weight, bias)
+    if getattr(attn, "qkv", None) is None or getattr(attn, "q_bias", None) is None or attn.qkv_bias_separate:
+        return None
+    return attn.qkv, ("timm's EvaAttention with qkv_fused=True and qkv_bias=True computes F.linear(x, qkv.weight, "
+                      "qkv_bias) without calling qkv. Build the Eva with qkv_fused=False (as dynamic_network_"
+                      "architectures' Primus does), or set qkv_bias_separate = True on its attention modules "
+                      "(the same function: qkv(x), then the bias added)")
+
+
+WEIGHT_READERS = {("timm.models.eva", "EvaAttention"): _timm_eva_fused_qkv_reads_weight}
+
+
+def check_called(network: nn.Module, targets: list[tuple[str, nn.Module]], method: str) -> None:
+    """Raise ValueError if a target layer's parent reads its ``.weight`` instead of calling it.
+
+    Such code bypasses whatever replaces the layer. An adapter does not expose an adapted ``weight``
+    for it: HyPS's serial part and the chain / projected forward modes have no single weight, the
+    tensor groups build their update once per step for calls, and a silently different function is
+    worse than an error before anything changes.
+    """
+    where = {id(layer): name for name, layer in targets}
+    names = {id(m): name for name, m in network.named_modules()}
+    for module in network.modules():
+        reader = WEIGHT_READERS.get((type(module).__module__, type(module).__name__))
+        found = reader(module) if reader is not None else None
+        if found is not None and id(found[0]) in where:
+            layer, why = found
+            raise ValueError(f"{method}: {where[id(layer)]} ({names.get(id(layer), '?')}) cannot take an adapter: "
+                             f"its parent reads its weight directly, so the adapter would never run. {why}; or "
+                             "leave its stage out of the placement.")
+
+
 def module_names(network: nn.Module) -> dict[int, list[str]]:
     """Every name each module is registered under in ``network`` (aliases included), by ``id``."""
     names: dict[int, list[str]] = {}

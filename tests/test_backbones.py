@@ -366,3 +366,48 @@ def test_the_readmes_unetr_parameter_table_is_what_the_code_builds():
     assert expected in readme
     rows = dict(line.split(" | ")[:2] for line in expected.splitlines())
     assert rows["| SegHead"] == "51"  # 16 features x 3 classes + 3 biases: the head alone
+
+
+# ------------------------------------------------------------------ layers read as .weight
+
+@pytest.fixture
+def fused_qkv_primus(monkeypatch):
+    """A tiny Primus whose Eva fuses q, k, v: timm's attention then reads ``qkv.weight`` in F.linear."""
+    import functools
+
+    import dynamic_network_architectures.architectures.primus as primus
+
+    monkeypatch.setattr(primus, "Eva", functools.partial(primus.Eva, qkv_fused=True))
+    net = tiny("primus")
+    assert net.eva.blocks[0].attn.qkv is not None and net.eva.blocks[0].attn.q_bias is not None
+    return net
+
+
+@pytest.mark.parametrize("method", ["lora_c", "lora_pt", "hyps"])
+def test_a_layer_its_parent_reads_as_weight_is_refused_before_anything_changes(method, fused_qkv_primus):
+    from nnunet_peft import PeftConfig, adapter_layers, inject_adapters
+
+    net = fused_qkv_primus
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"encoder\.1/attn\.qkv \(eva\.blocks\.0\.attn\.qkv\) cannot take an "
+                                         r"adapter: its parent reads its weight directly.*qkv_bias_separate = True"):
+        inject_adapters(net, PeftConfig(method, rank=2))
+    assert not adapter_layers(net) and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    inject_adapters(net, PeftConfig(method, rank=2, placement=("decoder",)))  # the Eva left out: accepted
+
+
+def test_the_suggested_fix_computes_the_same_network_and_adapts_it(fused_qkv_primus):
+    from nnunet_peft import PeftConfig, adapter_layers, inject_adapters
+
+    net = fused_qkv_primus.eval()
+    x = tiny_input("primus")
+    with torch.no_grad():
+        reference = net(x)
+        for block in net.eva.blocks:
+            block.attn.qkv_bias_separate = True
+        assert torch.allclose(net(x), reference, atol=1e-5)
+        inject_adapters(net, PeftConfig("lora_c", rank=2, placement=("bottleneck",)))
+        qkv = net.eva.blocks[-1].attn.qkv
+        assert qkv in adapter_layers(net)
+        qkv.lora_B.normal_()  # the adapter on the fused qkv runs: perturbing it moves the output
+        assert (net(x) - reference).abs().max() > 1e-3
