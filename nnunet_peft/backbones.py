@@ -22,11 +22,14 @@ reads. Sizes default to the papers' configurations; a plans configuration may ov
 constructor arguments under ``"backbone_kwargs": {"unetr": {...}}`` (nnU-Net keeps architecture
 sizes in the plans, and prediction reads the same plans, so both build the same network).
 
-SwinUNETR is built with MONAI's ``downsample="merging"`` (``PatchMerging``, the slice order MONAI
-kept from v0.9 for its published weights, e.g. the BraTS 2021 SwinUNETR). ``"mergingv2"`` concatenates
-the eight sub-volumes in another order: a checkpoint trained with one loads into the other without
-any shape error, but its ``reduction`` weights then see permuted channels. Load such checkpoints
-only into the merging mode they were trained with (``backbone_kwargs``: ``{"downsample": ...}``).
+SwinUNETR is built with MONAI's ``downsample="merging"`` (``PatchMerging``). MONAI 1.5 changed what
+that module concatenates in 3-D: before 1.5 it took the sub-volumes (0,1,0) and (0,0,1) twice and
+never (1,1,0) or (0,1,1); from 1.5 on it takes all eight. The shapes are the same, so a checkpoint
+trained with MONAI < 1.5 (such as the published BraTS 2021 SwinUNETR) loads without any error and
+then computes something else, and no re-ordering of its weights can repair that (the LayerNorm
+before the reduction sees other features). ``{"downsample": "merging_pre15"}`` in ``backbone_kwargs``
+builds the pre-1.5 module (``LegacyPatchMerging``) for such checkpoints; ``"mergingv2"`` is MONAI's
+third order. Load a checkpoint only into the merging it was trained with.
 """
 from __future__ import annotations
 
@@ -153,6 +156,30 @@ def _constructor(family: str) -> Callable[..., nn.Module]:
     return Primus
 
 
+LEGACY_MERGING = "merging_pre15"
+
+
+def legacy_patch_merging() -> type[nn.Module]:
+    """MONAI's 3-D ``PatchMerging`` as it was before MONAI 1.5, for SwinUNETR checkpoints trained then."""
+    import torch
+    import torch.nn.functional as F
+    from monai.networks.nets.swin_unetr import PatchMerging
+
+    class LegacyPatchMerging(PatchMerging):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if len(x.shape) != 5:  # the 2-D order did not change
+                return super().forward(x)
+            _, d, h, w, _ = x.shape
+            if d % 2 or h % 2 or w % 2:
+                x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+            # MONAI 1.4's slices, (0,1,0) and (0,0,1) twice on purpose: that is what its weights saw
+            parts = [x[:, i::2, j::2, k::2, :] for i, j, k in
+                     ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))]
+            return self.reduction(self.norm(torch.cat(parts, -1)))
+
+    return LegacyPatchMerging
+
+
 def build_backbone(token: str, patch_size: Sequence[int], in_channels: int, out_channels: int,
                    **overrides: Any) -> nn.Module:
     """The network of ``token`` for inputs of ``patch_size``: the paper's configuration, updated by ``overrides``.
@@ -179,6 +206,8 @@ def build_backbone(token: str, patch_size: Sequence[int], in_channels: int, out_
     if backbone.family == "unetr":
         return cls(in_channels, out_channels, patch_size, spatial_dims=len(patch_size), **kwargs)
     if backbone.family == "swinunetr":
+        if kwargs.get("downsample") == LEGACY_MERGING:
+            kwargs["downsample"] = legacy_patch_merging()
         return cls(in_channels, out_channels, spatial_dims=len(patch_size), **kwargs)
     embed_dim = kwargs.pop("embed_dim")
     return cls(in_channels, embed_dim, (8,) * len(patch_size), out_channels, input_shape=patch_size, **kwargs)

@@ -411,3 +411,49 @@ def test_the_suggested_fix_computes_the_same_network_and_adapts_it(fused_qkv_pri
         assert qkv in adapter_layers(net)
         qkv.lora_B.normal_()  # the adapter on the fused qkv runs: perturbing it moves the output
         assert (net(x) - reference).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------ SwinUNETR's merging before MONAI 1.5
+def _merging_pair(dim: int = 4):
+    from monai.networks.nets.swin_unetr import PatchMerging
+
+    from nnunet_peft.backbones import legacy_patch_merging
+
+    torch.manual_seed(0)
+    current = PatchMerging(dim=dim, spatial_dims=3)
+    legacy = legacy_patch_merging()(dim=dim, spatial_dims=3)
+    legacy.load_state_dict(current.state_dict())
+    return current, legacy
+
+
+def test_legacy_merging_ignores_the_two_sub_volumes_monai_before_1_5_never_read():
+    current, legacy = _merging_pair()
+    x = torch.randn(1, 4, 6, 4, 4)
+    changed = x.clone()
+    changed[:, 1::2, 1::2, 0::2] += 1.0  # sub-volume (1,1,0)
+    changed[:, 0::2, 1::2, 1::2] -= 1.0  # sub-volume (0,1,1)
+    with torch.no_grad():
+        assert torch.equal(legacy(x), legacy(changed))
+        assert not torch.allclose(current(x), current(changed))
+        # the other six sub-volumes are read by both: same weights, different outputs, so the orders differ
+        assert not torch.allclose(legacy(x), current(x))
+        # odd sizes are padded as MONAI pads them; 2-D inputs (below) go through MONAI's unchanged order
+        assert legacy(torch.randn(1, 3, 5, 3, 4)).shape == current(torch.randn(1, 3, 5, 3, 4)).shape == (1, 2, 3, 2, 8)
+    from monai.networks.nets.swin_unetr import PatchMerging
+
+    from nnunet_peft.backbones import legacy_patch_merging
+
+    current2d = PatchMerging(dim=4, spatial_dims=2)
+    legacy2d = legacy_patch_merging()(dim=4, spatial_dims=2)
+    legacy2d.load_state_dict(current2d.state_dict())
+    flat = torch.randn(1, 4, 6, 4)
+    with torch.no_grad():
+        assert torch.equal(legacy2d(flat), current2d(flat))
+
+
+def test_merging_pre15_from_backbone_kwargs_builds_the_legacy_module_in_every_stage():
+    net = build_backbone("swinunetr", (64, 64, 64), 1, 2, feature_size=12, downsample="merging_pre15")
+    merges = [m for m in net.modules() if "PatchMerging" in type(m).__name__]
+    assert merges and all(type(m).__name__ == "LegacyPatchMerging" for m in merges)
+    default = build_backbone("swinunetr", (64, 64, 64), 1, 2, feature_size=12)
+    assert not any(type(m).__name__ == "LegacyPatchMerging" for m in default.modules())
