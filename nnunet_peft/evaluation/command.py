@@ -210,12 +210,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         notes.insert(1, f"Plugin trainers start from {pretrained}; nnU-Net's own trainers from scratch.")
     path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
                                title=f"Fine-tuning benchmark on {experiment.dataset}", curves=curves)
-    print(f"report: {path}")
-    if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"
-                                                         for o in failed), file=sys.stderr)
-        return 1
-    return 0
+    return _reported(path, failed)
 
 
 def _report_views(args: argparse.Namespace, experiments: list, planned: list, trainers: list, folds: list,
@@ -267,6 +262,11 @@ def _report_views(args: argparse.Namespace, experiments: list, planned: list, tr
              reference_note, *notes]
     path = report.write_report(out / "report", rows, costs, reference, args.volume_bins, notes,
                                title=f"Tri-planar benchmark on {dataset}", curves=curves)
+    return _reported(path, failed)
+
+
+def _reported(path, failed) -> int:
+    """Say where the report is and which runs failed; the exit status (1 when any failed)."""
     print(f"report: {path}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{o.run.trainer.name} fold {o.run.fold}"
