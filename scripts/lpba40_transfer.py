@@ -224,12 +224,39 @@ def sweep_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
 ADAPTERS = ["LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA", "CPDoRA", "LoRAPT", "TCURLoRA", "HyPS"]
 
 
+def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
+    """Link a plain name's fold to the sweep's run of the same configuration, when the sweep trained it.
+
+    The sweep's rate that became the default (e.g. ``CPLoRA_15ep_20it_lr0p03`` for ``CPLoRA_15ep_20it``)
+    is the very run the plain name would train again; its validation decided the default, and it has
+    never seen the test subjects, so its model may predict them once like any other fold-0 model.
+    """
+    from nnunet_peft.training.names import parse_trainer_name
+
+    results = work / "results" / f"Dataset{TARGET_ID}_LPBA40Hippocampus"
+    suffix = "__nnUNetPlans_pretrained__3d_fullres"
+    for trainer in trainers:
+        rate = f"{parse_trainer_name(trainer).initial_lr:g}".replace(".", "p")
+        sweep, plain = results / f"{trainer}_lr{rate}{suffix}", results / f"{trainer}{suffix}"
+        for fold in folds:
+            done = sweep / f"fold_{fold}"
+            if not (done / "checkpoint_final.pth").is_file() or (plain / f"fold_{fold}").exists():
+                continue
+            plain.mkdir(parents=True, exist_ok=True)
+            for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+                if not (plain / name).exists():
+                    (plain / name).write_bytes((sweep / name).read_bytes())
+            (plain / f"fold_{fold}").symlink_to(done, target_is_directory=True)
+            print(f"{trainer} fold {fold}: the sweep's run {done.parent.name.split('__')[0]} (same configuration)")
+
+
 def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:
     """Every method with the plain names' defaults on fold 0, test set predicted once by each fold-0
     model; then two more folds for Finetune, from-scratch and the --best adapters."""
     s = schedule(args.epochs, args.iterations)
     trainers = ([f"nnUNetTrainer{m}_{s}" for m in ADAPTERS + ["Finetune", "SegHead"]]
                 + ["nnUNetTrainerNoFinetune", f"nnUNetTrainerFinetune_scratch_{s}"])
+    reuse_sweep_runs(work, trainers, [0, 1])
     benchmark(args, env, work, checkpoint, trainers, [0], "final", test_folds=[0])
     if args.best:
         trainers = [f"nnUNetTrainer{m}_{s}" for m in ["Finetune", *args.best]] + [f"nnUNetTrainerFinetune_scratch_{s}"]
