@@ -250,6 +250,24 @@ def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
             print(f"{trainer} fold {fold}: the sweep's run {done.parent.name.split('__')[0]} (same configuration)")
 
 
+def best_adapters(work: Path, requested: list[str] | None, n: int = 2) -> list[str] | None:
+    """``--best auto``: the ``n`` adapter methods with the highest mean validation Dice of the final
+    phase's fold 0 (every method trained on the same subjects); the test cases play no part."""
+    if requested != ["auto"]:
+        return requested
+    import pandas as pd
+
+    report = work / "final" / "report" / "cases.csv"
+    if not report.is_file():
+        raise SystemExit(f"--best auto reads {report}: run --phase final first")
+    cases = pd.read_csv(report, dtype={"fold": str})
+    cases = cases[(cases["split"] == "val") & (cases["fold"] == "0")]
+    cases["family"] = cases["method"].str.split("_").str[0]
+    ranked = cases[cases["family"].isin(ADAPTERS)].groupby("family")["dice"].mean().sort_values(ascending=False)
+    print("adapters by fold-0 validation Dice: " + ", ".join(f"{m} {d:.3f}" for m, d in ranked.items()), flush=True)
+    return list(ranked.index[:n])
+
+
 def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:
     """Every method with the plain names' defaults on fold 0, test set predicted once by each fold-0
     model; then two more folds for Finetune, from-scratch and the --best adapters."""
@@ -258,6 +276,7 @@ def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
                 + ["nnUNetTrainerNoFinetune", f"nnUNetTrainerFinetune_scratch_{s}"])
     reuse_sweep_runs(work, trainers, [0, 1])
     benchmark(args, env, work, checkpoint, trainers, [0], "final", test_folds=[0])
+    args.best = best_adapters(work, args.best)
     if args.best:
         trainers = [f"nnUNetTrainer{m}_{s}" for m in ["Finetune", *args.best]] + [f"nnUNetTrainerFinetune_scratch_{s}"]
         benchmark(args, env, work, checkpoint, trainers, [0, 1, 2], "final_3folds", test_folds=[0])
@@ -266,8 +285,9 @@ def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
 def curve_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:
     """Test Dice against training subjects (folds 5, 6, 7 and 0: 1, 2, 4, 8 subjects, one validation set)
     and against the schedule (a third of the iterations), for Finetune, from scratch and the --best adapters."""
+    args.best = best_adapters(work, args.best)
     if not args.best:
-        raise SystemExit("--phase curve needs --best ADAPTER [ADAPTER]: the adapters the final phase ranked first")
+        raise SystemExit("--phase curve needs --best ADAPTER [ADAPTER] (or auto): the adapters the final phase ranked first")
     folds = [5, 6, 7, 0]
     for epochs in (args.epochs, max(1, args.epochs // 3)):
         s = schedule(epochs, args.iterations)
@@ -354,7 +374,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-lr", metavar="LR",
                    help="the sweep's chosen CP-LoRA rate (e.g. 0p03): runs the rank sweep at that rate")
     p.add_argument("--best", nargs="+", metavar="METHOD",
-                   help="final/curve: the adapter methods (e.g. CPLoRA LoRAC) that validation ranked first")
+                   help="final/curve: the adapter methods (e.g. CPLoRA LoRAC) that validation ranked first, or 'auto' "
+                        "for the two best by the final phase's fold-0 validation Dice")
     p.add_argument("--device", default="cpu")
     return p
 
