@@ -57,3 +57,40 @@ def test_curve_folds_are_nested_subsets_of_fold_0_with_its_validation(script, tm
         previous = train
     script.add_curve_folds(path, seed=0)  # a resumed run leaves the folds as they are
     assert json.loads(path.read_text(encoding="utf-8")) == out
+
+
+def test_final_phase_links_the_sweeps_run_of_the_default_configuration(script, tmp_path):
+    results = tmp_path / "results" / f"Dataset{script.TARGET_ID}_LPBA40Hippocampus"
+    suffix = "__nnUNetPlans_pretrained__3d_fullres"
+    for trainer in ("nnUNetTrainerCPLoRA_15ep_20it_lr0p03", "nnUNetTrainerCPLoRA_15ep_20it_lr0p01"):
+        (results / f"{trainer}{suffix}" / "fold_0").mkdir(parents=True)
+        (results / f"{trainer}{suffix}" / "fold_0" / "checkpoint_final.pth").write_bytes(trainer.encode())
+        for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+            (results / f"{trainer}{suffix}" / name).write_text("{}")
+    (results / f"nnUNetTrainerCPLoRA_15ep_20it_lr0p03{suffix}" / "fold_1").mkdir()  # unfinished: not linked
+    trainers = ["nnUNetTrainerCPLoRA_15ep_20it", "nnUNetTrainerHyPS_15ep_20it"]
+    script.reuse_sweep_runs(tmp_path, trainers, [0, 1])
+    plain = results / f"nnUNetTrainerCPLoRA_15ep_20it{suffix}"
+    # the default rate is 3e-2, so the lr0p03 run is the plain name's, never the lr0p01 one
+    assert (plain / "fold_0" / "checkpoint_final.pth").read_bytes() == b"nnUNetTrainerCPLoRA_15ep_20it_lr0p03"
+    assert (plain / "plans.json").is_file() and not (plain / "fold_1").exists()
+    assert not (results / f"nnUNetTrainerHyPS_15ep_20it{suffix}").exists()
+    script.reuse_sweep_runs(tmp_path, trainers, [0, 1])  # a resumed run keeps the link
+    assert (plain / "fold_0").is_symlink()
+
+
+def test_best_auto_ranks_adapters_by_fold_0_validation_only(script, tmp_path):
+    rows = ["split,method,trainer,fold,case,label,dice"]
+    scores = {"LoRAC_15ep_20it": 0.70, "CPLoRA_15ep_20it": 0.75, "HyPS_15ep_20it": 0.80,
+              "Finetune_15ep_20it": 0.90, "Finetune_scratch_15ep_20it": 0.95}
+    for method, dice in scores.items():
+        rows += [f"val,{method},nnUNetTrainer{method},0,S04{s},hippocampus,{dice}" for s in "LR"]
+        # test cases and other folds must not decide: they rank the adapters the other way round
+        rows += [f"test,{method},nnUNetTrainer{method},0,S02L,hippocampus,{1 - dice}",
+                 f"val,{method},nnUNetTrainer{method},1,S06L,hippocampus,{1 - dice}"]
+    (tmp_path / "final" / "report").mkdir(parents=True)
+    (tmp_path / "final" / "report" / "cases.csv").write_text("\n".join(rows) + "\n")
+    assert script.best_adapters(tmp_path, ["auto"]) == ["HyPS", "CPLoRA"]
+    assert script.best_adapters(tmp_path, ["LoRAC"]) == ["LoRAC"]
+    with pytest.raises(SystemExit, match="phase final"):
+        script.best_adapters(tmp_path / "elsewhere", ["auto"])
