@@ -250,22 +250,33 @@ def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
             print(f"{trainer} fold {fold}: the sweep's run {done.parent.name.split('__')[0]} (same configuration)")
 
 
-def best_adapters(work: Path, requested: list[str] | None, n: int = 2) -> list[str] | None:
-    """``--best auto``: the ``n`` adapter methods with the highest mean validation Dice of the final
-    phase's fold 0 (every method trained on the same subjects); the test cases play no part."""
+SMALL_ADAPTER_SHARE = 0.05  # the issue's bar: under 5% of Finetune's trainable parameters
+
+
+def best_adapters(work: Path, requested: list[str] | None) -> list[str] | None:
+    """``--best auto``: the adapter method with the highest mean validation Dice of the final phase's
+    fold 0 (every method trained on the same subjects), and the best of those that train under 5% of
+    ``Finetune``'s parameters, the regime the comparison is about. The test cases play no part."""
     if requested != ["auto"]:
         return requested
     import pandas as pd
 
-    report = work / "final" / "report" / "cases.csv"
-    if not report.is_file():
-        raise SystemExit(f"--best auto reads {report}: run --phase final first")
-    cases = pd.read_csv(report, dtype={"fold": str})
+    report = work / "final" / "report"
+    if not (report / "cases.csv").is_file():
+        raise SystemExit(f"--best auto reads {report / 'cases.csv'}: run --phase final first")
+    cases = pd.read_csv(report / "cases.csv", dtype={"fold": str})
     cases = cases[(cases["split"] == "val") & (cases["fold"] == "0")]
-    cases["family"] = cases["method"].str.split("_").str[0]
-    ranked = cases[cases["family"].isin(ADAPTERS)].groupby("family")["dice"].mean().sort_values(ascending=False)
-    print("adapters by fold-0 validation Dice: " + ", ".join(f"{m} {d:.3f}" for m, d in ranked.items()), flush=True)
-    return list(ranked.index[:n])
+    costs = pd.read_csv(report / "costs.csv").set_index("method")["trainable_parameters"]
+    family = {m: m.split("_")[0] for m in cases["method"].unique() if m.split("_")[0] in ADAPTERS}
+    ranked = cases[cases["method"].isin(family)].groupby("method")["dice"].mean().sort_values(ascending=False)
+    finetune = next(costs[m] for m in costs.index if m.split("_")[0] == "Finetune" and "_scratch" not in m)
+    small = [m for m in ranked.index if costs[m] < SMALL_ADAPTER_SHARE * finetune]
+    print("adapters by fold-0 validation Dice: " + ", ".join(
+        f"{family[m]} {d:.3f} ({costs[m] / finetune:.1%} of Finetune's parameters)" for m, d in ranked.items()), flush=True)
+    chosen = [ranked.index[0]] + [m for m in small[:1] if m != ranked.index[0]]
+    if len(chosen) == 1:  # the best is small itself: the runner-up is the second
+        chosen.append(ranked.index[1])
+    return [family[m] for m in chosen]
 
 
 def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:
@@ -375,7 +386,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the sweep's chosen CP-LoRA rate (e.g. 0p03): runs the rank sweep at that rate")
     p.add_argument("--best", nargs="+", metavar="METHOD",
                    help="final/curve: the adapter methods (e.g. CPLoRA LoRAC) that validation ranked first, or 'auto' "
-                        "for the two best by the final phase's fold-0 validation Dice")
+                        "for the best by the final phase's fold-0 validation Dice and the best under 5%% of "
+                        "Finetune's trainable parameters")
     p.add_argument("--device", default="cpu")
     return p
 

@@ -79,18 +79,30 @@ def test_final_phase_links_the_sweeps_run_of_the_default_configuration(script, t
     assert (plain / "fold_0").is_symlink()
 
 
-def test_best_auto_ranks_adapters_by_fold_0_validation_only(script, tmp_path):
+def _final_report(root: Path, scores: dict[str, float], params: dict[str, int]) -> Path:
     rows = ["split,method,trainer,fold,case,label,dice"]
-    scores = {"LoRAC_15ep_20it": 0.70, "CPLoRA_15ep_20it": 0.75, "HyPS_15ep_20it": 0.80,
-              "Finetune_15ep_20it": 0.90, "Finetune_scratch_15ep_20it": 0.95}
     for method, dice in scores.items():
         rows += [f"val,{method},nnUNetTrainer{method},0,S04{s},hippocampus,{dice}" for s in "LR"]
         # test cases and other folds must not decide: they rank the adapters the other way round
         rows += [f"test,{method},nnUNetTrainer{method},0,S02L,hippocampus,{1 - dice}",
                  f"val,{method},nnUNetTrainer{method},1,S06L,hippocampus,{1 - dice}"]
-    (tmp_path / "final" / "report").mkdir(parents=True)
-    (tmp_path / "final" / "report" / "cases.csv").write_text("\n".join(rows) + "\n")
-    assert script.best_adapters(tmp_path, ["auto"]) == ["HyPS", "CPLoRA"]
-    assert script.best_adapters(tmp_path, ["LoRAC"]) == ["LoRAC"]
+    (root / "final" / "report").mkdir(parents=True)
+    (root / "final" / "report" / "cases.csv").write_text("\n".join(rows) + "\n")
+    (root / "final" / "report" / "costs.csv").write_text(
+        "method,trainable_parameters\n" + "".join(f"{m},{n}\n" for m, n in params.items()))
+    return root
+
+
+def test_best_auto_is_the_best_adapter_and_the_best_under_5_percent_on_fold_0_validation(script, tmp_path):
+    params = {"LoRAC_15ep_20it": 40_000, "CPLoRA_15ep_20it": 4_000, "TCURLoRA_15ep_20it": 100,
+              "HyPS_15ep_20it": 50_000, "Finetune_15ep_20it": 100_000, "Finetune_scratch_15ep_20it": 100_000}
+    scores = {"LoRAC_15ep_20it": 0.70, "CPLoRA_15ep_20it": 0.75, "TCURLoRA_15ep_20it": 0.72,
+              "HyPS_15ep_20it": 0.80, "Finetune_15ep_20it": 0.90, "Finetune_scratch_15ep_20it": 0.95}
+    work = _final_report(tmp_path / "a", scores, params)
+    assert script.best_adapters(work, ["auto"]) == ["HyPS", "CPLoRA"]
+    # when the best adapter is itself small, the runner-up is the second choice
+    work = _final_report(tmp_path / "b", {**scores, "CPLoRA_15ep_20it": 0.85}, params)
+    assert script.best_adapters(work, ["auto"]) == ["CPLoRA", "HyPS"]
+    assert script.best_adapters(work, ["LoRAC"]) == ["LoRAC"]
     with pytest.raises(SystemExit, match="phase final"):
         script.best_adapters(tmp_path / "elsewhere", ["auto"])
