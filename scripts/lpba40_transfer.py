@@ -38,6 +38,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSD = SHARED / "msd_hippocampus_sample"
 LPBA40 = SHARED / "lpba40"
 SOURCE_ID, TARGET_ID, TEST_ID = 601, 602, 603
+TARGET, TARGET_PLANS = f"Dataset{TARGET_ID}_LPBA40Hippocampus", "nnUNetPlans_pretrained"
 N_TRAIN_SUBJECTS = 10
 
 
@@ -175,7 +176,7 @@ def target_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs
     step("convert test (LPBA40 test subjects, the same crops)",
          [py, "-m", "nnunet_peft.cli", "convert", "lpba40", str(link_lpba40(args.lpba40, test, work / "links" / "test")),
           "-d", str(TEST_ID), "-n", "LPBA40HippocampusTest", *crops], env, logs)
-    add_curve_folds(work / "preprocessed" / f"Dataset{TARGET_ID}_LPBA40Hippocampus" / "splits_final.json", args.seed)
+    add_curve_folds(work / "preprocessed" / TARGET / "splits_final.json", args.seed)
     step("plan the target from the checkpoint",
          [py, "-m", "nnunet_peft.cli", "plan-from-checkpoint", "-d", str(TARGET_ID), "--checkpoint", str(checkpoint), "-np", "2"],
          env, logs)
@@ -186,7 +187,7 @@ def benchmark(args: argparse.Namespace, env: dict[str, str], work: Path, checkpo
     """`nnunet-peft benchmark` over these runs; finished runs are skipped, so calling it again resumes."""
     test_set = work / "raw" / f"Dataset{TEST_ID}_LPBA40HippocampusTest"
     command = [sys.executable, "-m", "nnunet_peft.cli", "benchmark", "-d", str(TARGET_ID), "-c", "3d_fullres",
-               "-p", "nnUNetPlans_pretrained", "--pretrained", str(checkpoint), "--trainers", *trainers,
+               "-p", TARGET_PLANS, "--pretrained", str(checkpoint), "--trainers", *trainers,
                "--folds", *map(str, folds), "--device", args.device, "--out", str(work / out)]
     if test_folds:
         # on a CPU, nnU-Net's 8-fold mirroring would make predicting the test set cost as much as training
@@ -233,8 +234,8 @@ def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
     """
     from nnunet_peft.training.names import parse_trainer_name
 
-    results = work / "results" / f"Dataset{TARGET_ID}_LPBA40Hippocampus"
-    suffix = "__nnUNetPlans_pretrained__3d_fullres"
+    results = work / "results" / TARGET
+    suffix = f"__{TARGET_PLANS}__3d_fullres"
     for trainer in trainers:
         rate = f"{parse_trainer_name(trainer).initial_lr:g}".replace(".", "p")
         sweep, plain = results / f"{trainer}_lr{rate}{suffix}", results / f"{trainer}{suffix}"
