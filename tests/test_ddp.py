@@ -1,0 +1,78 @@
+"""Adapters under DistributedDataParallel (issue 15): nnU-Net's multi-GPU training wraps the adapted
+network in DDP after freezing (``nnunet_peft.training.trainer``). The projected mode's custom backward
+and the tensor groups' once-per-step update must hand DDP the same gradients as one process on the
+whole batch. Two CPU processes over gloo stand in for two GPUs.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from networks import NET_SPECS, outputs, pretrained_network, random_input
+from nnunet_peft import PeftConfig, inject_adapters
+
+SPEC = NET_SPECS[2]  # 2-D residual encoder: tensor groups of several same-shape convolutions
+WORLD = 2
+
+
+def adapted(method: str, mode: str | None) -> torch.nn.Module:
+    net = pretrained_network(SPEC, seed=0)
+    inject_adapters(net, PeftConfig(method, rank=2, forward_mode=mode))
+    with torch.no_grad():  # move the zero-initialised factors so that every gradient is non-trivial
+        g = torch.Generator().manual_seed(1)
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    return net.train()
+
+
+def loss_of(net, x) -> torch.Tensor:
+    # per-sample mean over the batch, as nnU-Net's losses: the mean of the two halves' losses is the whole's
+    return sum(o.square().mean() for o in outputs(net, x))
+
+
+def trainable_grads(net) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in net.parameters() if p.requires_grad]
+
+
+def _worker(rank: int, method: str, mode: str | None, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        net = DDP(adapted(method, mode))
+        x = random_input(SPEC, batch=2 * WORLD).chunk(WORLD)[rank]
+        for _ in range(2):  # two steps: the second must not reuse the first step's shared update
+            net.zero_grad(set_to_none=True)
+            loss_of(net, x).backward()
+        if rank == 0:
+            torch.save(trainable_grads(net.module), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("method", "mode"), [("cp_dora", "projected"), ("lora_pt", None)])
+def test_ddp_gradients_equal_one_process_on_the_whole_batch(method, mode, tmp_path):
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_worker, args=(method, mode, free_port(), out), nprocs=WORLD, join=True)
+    ddp = torch.load(out)
+
+    net = adapted(method, mode)
+    loss_of(net, random_input(SPEC, batch=2 * WORLD)).backward()
+    single = trainable_grads(net)
+    assert len(ddp) == len(single) > 0
+    assert any(g.abs().max() > 0 for g in single)
+    for a, b in zip(ddp, single):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
