@@ -340,11 +340,14 @@ def summarise_curve(work: Path, folds: list[int]) -> None:
 
     fig, axes = plt.subplots(1, table["schedule"].nunique(), figsize=(5 * table["schedule"].nunique(), 4),
                              sharey=True, squeeze=False)
-    for ax, (sched, group) in zip(axes[0], table.groupby("schedule")):
+    schedules = sorted(table["schedule"].unique(), key=lambda name: int(name.split("ep")[0]))  # short first
+    for ax, sched in zip(axes[0], schedules):
+        group = table[table["schedule"] == sched]
         for method, rows in group.groupby("method"):
             ax.errorbar(rows["subjects"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=method)
         ax.set(xscale="log", xticks=list(sizes.values()), xticklabels=list(sizes.values()),
                xlabel="training subjects (2 crops each)", title=f"schedule {sched}")
+        ax.minorticks_off()  # a log axis otherwise labels 3 and 6 as 3x10^0
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test Dice (20 subjects, 40 crops)")
     axes[0][-1].legend(fontsize=8)
