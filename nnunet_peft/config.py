@@ -7,6 +7,9 @@ from typing import Any
 
 PLACEMENTS = ("encoder", "bottleneck", "decoder")
 FORWARD_MODES = ("chain", "reconstruct", "projected")
+# Not a fourth computation: each layer runs one of the method's modes, the fastest measured for its
+# shape when training starts (nnunet_peft.mode_tuning), its method's default until then.
+AUTO_MODE = "auto"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,10 @@ class PeftConfig:
             runs that one convolution but computes the factors' gradients from the output
             gradient projected onto the rank-``r`` subspace, without the kernel's full weight
             gradient (``nnunet_peft.layers.projected``; methods with an ``s * B @ A`` update:
-            LoRA-C, CP-LoRA, their DoRA variants, HyPS). ``None`` takes the method's measured default.
+            LoRA-C, CP-LoRA, their DoRA variants, HyPS). ``"auto"`` times the method's modes per
+            layer shape once, when training starts (``nnunet_peft.mode_tuning``), and runs each
+            layer in its fastest; every mode computes the same function and gradients. ``None``
+            takes the method's default.
         serial_width: HyPS bottleneck width ``d``; defaults to ``rank``.
         cp_init: CP-LoRA / CP-DoRA factor initialisation: ``"random"`` (unit-scale random
             columns) or ``"parafac"`` (input and spatial factors from a CP decomposition of
@@ -98,10 +104,11 @@ class PeftConfig:
         spec = METHODS[self.method]
         if self.forward_mode is None:
             self.forward_mode = spec.default_forward_mode
-        if self.forward_mode not in spec.forward_modes:
-            raise ValueError(
-                f"method {self.method!r} supports forward_mode in {spec.forward_modes}, got {self.forward_mode!r}"
-            )
+        if self.forward_mode == AUTO_MODE and len(spec.forward_modes) == 1:
+            self.forward_mode = spec.forward_modes[0]  # nothing to choose between
+        if self.forward_mode not in (*spec.forward_modes, AUTO_MODE):
+            raise ValueError(f"method {self.method!r} supports forward_mode in {(*spec.forward_modes, AUTO_MODE)}, "
+                             f"got {self.forward_mode!r}")
         if self.serial_width is not None and (not isinstance(self.serial_width, int) or self.serial_width < 1):
             raise ValueError(f"serial_width must be an integer >= 1 or None, got {self.serial_width!r}")
         if self.cp_init not in CP_INITS:

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from nnunet_peft.config import PeftConfig
+from nnunet_peft.config import AUTO_MODE, PeftConfig
 from nnunet_peft.layers.kinds import ADAPTABLE_TYPES, LINEAR_TYPES, layer_kind
 
 
@@ -57,7 +57,9 @@ class AdapterLayer(nn.Module):
         self.method = config.method
         self.rank = config.rank
         self.scaling = config.scaling
-        self.forward_mode = config.forward_mode
+        # "auto" leaves the choice to nnunet_peft.mode_tuning; until it runs, the method's default
+        self.tunable_modes: tuple[str, ...] = config.spec.forward_modes if config.forward_mode == AUTO_MODE else ()
+        self.forward_mode = config.spec.default_forward_mode if self.tunable_modes else config.forward_mode
         self.kind = layer_kind(base_layer)
         self.transposed = self.kind.transposed
         self.ndim = self.kind.ndim

@@ -45,7 +45,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_peft.backbones import build_from_plans, plans_with_backbone_patch_size
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
-from nnunet_peft.injection import configure_finetuning, inject_adapters
+from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters
+from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices
 from nnunet_peft.placement import input_convolution
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
 from nnunet_peft.training.load_report import build_load_report, format_load_report
@@ -263,7 +264,21 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         self._setup_peft(from_checkpoint=False)
+        self._choose_forward_modes()
         super().on_train_start()
+
+    def _choose_forward_modes(self) -> None:
+        """Time the ``forward_mode="auto"`` layers at this training's batch and patch on its device, once.
+        After compile wrapping and DDP is fine: both trace or hook at the first step, and the modes compute
+        the same gradients (so ranks that choose differently still average the same quantity)."""
+        network = unwrap(self.network)
+        if not any(layer.tunable_modes for layer in adapter_layers(network)):
+            return
+        example = torch.randn((self.batch_size, self.num_input_channels, *self.configuration_manager.patch_size),
+                              device=self.device)
+        choices = choose_forward_modes(network, example,
+                                       autocast_dtype=torch.float16 if self.device.type == "cuda" else None)
+        self.print_to_log_file(format_mode_choices(choices), add_timestamp=False)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:
