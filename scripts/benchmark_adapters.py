@@ -50,7 +50,9 @@ from torch import nn
 
 from nnunet_peft import METHODS, PLACEMENTS, PeftConfig, configure_finetuning, count_parameters, inject_adapters, merge_adapters
 from nnunet_peft.backbones import BACKBONES, build_backbone, patch_size_problem
+from nnunet_peft.config import AUTO_MODE
 from nnunet_peft.injection import LAYER_CLASSES, adapter_layers
+from nnunet_peft.mode_tuning import choose_forward_modes
 from nnunet_peft.placement import target_convolutions
 
 PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -112,11 +114,13 @@ class Setting:
 
 
 def modes_of(method: str, wanted: list[str]) -> list[str]:
-    """The forward modes of ``method`` to time: ``all`` it supports, its ``default``, or those named."""
+    """The forward modes of ``method`` to time: ``all`` it supports (with ``auto`` where it has a choice),
+    its ``default``, or those named."""
     spec = METHODS[method]
+    tunable = (AUTO_MODE,) if len(spec.forward_modes) > 1 else ()
     if "all" in wanted:
-        return list(spec.forward_modes)
-    chosen = [m for m in spec.forward_modes if m in wanted]
+        return [*spec.forward_modes, *tunable]
+    chosen = [m for m in (*spec.forward_modes, *tunable) if m in wanted]
     if "default" in wanted and spec.default_forward_mode not in chosen:
         chosen.append(spec.default_forward_mode)
     return chosen
@@ -197,6 +201,9 @@ def prepare(setting: Setting, args: argparse.Namespace, device: torch.device) ->
         inject_adapters(net, PeftConfig(setting.method, rank=setting.rank, forward_mode=setting.mode,
                                         placement=setting.placement))
     net = net.to(device).train()
+    if setting.mode == AUTO_MODE:  # as the trainer does before its first step: each layer shape timed here
+        choose_forward_modes(net, make_batch(args, device)[0],
+                             autocast_dtype=torch.float16 if device.type == "cuda" else None)
     return net, make_optimizer(net)
 
 
@@ -627,7 +634,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"'{ALL}' (encoder+bottleneck+decoder) or stages joined by '+', e.g. decoder, one block each")
     p.add_argument("--modes", nargs="+", default=["all"],
                    help="forward modes to time per method: 'all' it supports (default), 'default', or names "
-                        "(reconstruct, chain, projected); a method without any of them is left out")
+                        "(reconstruct, chain, projected, auto: each layer shape in its fastest, timed when the "
+                        "network is built, as the trainer does); a method without any of them is left out")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per setting (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting first")
     p.add_argument("--threads", type=int, default=None,

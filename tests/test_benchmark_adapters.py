@@ -45,6 +45,8 @@ def test_arguments_are_checked(bench, capsys):
     args = bench.parse_args(["--modes", "chain"])
     assert "conv_lora" not in args.methods and "cp_lora" in args.methods  # convLoRA has no chain
     assert bench.modes_of("cp_lora", ["default"]) == ["chain"]
+    assert bench.modes_of("lora_pt", ["all"]) == ["reconstruct"]  # one mode: no "auto" to time
+    assert bench.modes_of("lora_c", ["auto"]) == ["auto"]
 
 
 def test_blocks_pair_every_rank_and_placement_with_its_own_baselines(bench):
@@ -54,7 +56,7 @@ def test_blocks_pair_every_rank_and_placement_with_its_own_baselines(bench):
     for block in blocks:
         assert block[0] == bench.Setting("full") and block[1] == bench.Setting("frozen")
         methods = [s for s in block if s.method]
-        assert {s.mode for s in methods} == set(bench.METHODS["lora_c"].forward_modes)
+        assert {s.mode for s in methods} == {*bench.METHODS["lora_c"].forward_modes, "auto"}
         assert len({(s.rank, s.placement) for s in methods}) == 1
     decoder = [b for b in blocks if b[-1].placement == ("decoder",)]
     assert all(bench.Setting("full", placement=("decoder",)) in b for b in decoder)
@@ -69,8 +71,9 @@ def test_report_states_its_method_and_lists_every_setting(bench, tmp_path, capsy
                    "torch threads", "float32, no autocast", "interleaved", "rotated every repeat"]:
         assert needle in text, needle
     rows = [line for line in text.splitlines() if line.startswith("| cp_lora |")]
-    assert len(rows) == 2 * len(bench.METHODS["cp_lora"].forward_modes)
-    assert sum("| decoder |" in r for r in rows) == len(bench.METHODS["cp_lora"].forward_modes)
+    modes = len(bench.METHODS["cp_lora"].forward_modes) + 1  # and "auto", tuned when the network is built
+    assert len(rows) == 2 * modes and sum("| auto |" in r for r in rows) == 2
+    assert sum("| decoder |" in r for r in rows) == modes
     full_rows = [line for line in text.splitlines() if line.startswith("| full fine-tuning |")]
     assert len(full_rows) == 2 and all("| 1.00 | 1.00 |" in r for r in full_rows)  # each block's own denominator
     # per layer: the 3-stage network has 8 distinct conv shapes and 2 upsamplers, one row per method and rank
@@ -79,8 +82,9 @@ def test_report_states_its_method_and_lists_every_setting(bench, tmp_path, capsy
     assert out.read_text(encoding="utf-8").strip() == text.strip()
 
 
-def test_memory_probe_builds_the_named_setting(bench, capsys):
-    assert bench.main([*TINY, "--memory-probe", "lora_c/reconstruct/r2@decoder"]) == 0
+@pytest.mark.parametrize("name", ["lora_c/reconstruct/r2@decoder", "cp_dora/auto/r2@all"])
+def test_memory_probe_builds_the_named_setting(bench, capsys, name):
+    assert bench.main([*TINY, "--memory-probe", name]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peak_bytes"] >= 0
 
 
