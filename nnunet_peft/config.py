@@ -8,7 +8,7 @@ from typing import Any
 PLACEMENTS = ("encoder", "bottleneck", "decoder")
 FORWARD_MODES = ("chain", "reconstruct", "projected")
 # Not a fourth computation: each layer runs one of the method's modes, the fastest measured for its
-# shape when training starts (nnunet_peft.mode_tuning), its method's default until then.
+# shape when training starts (nnunet_peft.mode_tuning), its method's untuned mode until then.
 AUTO_MODE = "auto"
 
 
@@ -18,21 +18,29 @@ class MethodSpec:
 
     family: str  # "lowrank", "tensor" or "hyps"
     forward_modes: tuple[str, ...]
-    default_forward_mode: str
+    # the mode an "auto" layer runs until nnunet_peft.mode_tuning has timed it (a library user's own
+    # training loop that never calls choose_forward_modes keeps it)
+    untuned_mode: str
     mergeable: bool = True
 
+    @property
+    def default_forward_mode(self) -> str:
+        """What ``PeftConfig(forward_mode=None)`` takes: ``"auto"`` wherever there is a choice."""
+        return AUTO_MODE if len(self.forward_modes) > 1 else self.forward_modes[0]
 
-# The default forward of each method is the faster one measured by scripts/benchmark_adapters.py on
-# a 2-core CPU (README, "Speed and memory"): running CP factors as thin separable convolutions beats
-# rebuilding the kernel, while for LoRA-C, DoRA-C and HyPS the rank-r convolution of the chain costs
-# more than the full kernel's weight gradient it avoids.
+
+# Every method with a choice of forward modes defaults to "auto": scripts/benchmark_adapters.py on a 2-core
+# CPU (README, "Speed and memory"; docs/benchmarks/unet_cpu_48.md) found each mode fastest for some layer
+# shapes of a 3d_fullres U-Net (reconstruct at full resolution, the chain at the coarse stages, projected in
+# between), and the per-layer choice faster than any one mode for every method. The untuned modes are the
+# fixed ones that did best over ranks 8 and 32 there, in time and in memory.
 METHODS: dict[str, MethodSpec] = {
     "lora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
     "conv_lora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
-    "cp_lora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "cp_lora": MethodSpec("lowrank", FORWARD_MODES, "projected"),
     "dora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
     "conv_dora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
-    "cp_dora": MethodSpec("lowrank", FORWARD_MODES, "chain"),
+    "cp_dora": MethodSpec("lowrank", FORWARD_MODES, "projected"),
     "lora_pt": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
     "tcur_lora": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
     "hyps": MethodSpec("hyps", FORWARD_MODES, "reconstruct", mergeable=False),

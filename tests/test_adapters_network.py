@@ -48,12 +48,12 @@ DORA_METHOD_MODES = [(m, mode) for m, mode in METHOD_MODES if m in DORA_METHODS]
 def cases(method_modes, spec_placements):
     """``(method, mode, spec, placement)`` for every pair of each list, with readable ids.
 
-    The backbones run each method in its default forward mode only: the modes compute the same
+    The backbones run each method in one forward mode only (the one an untuned ``auto`` layer runs): the modes compute the same
     function through the same layer classes, which the CNNs and the token U-Net check mode by mode on
     convolutions and Linear layers; what the backbones add is their module structure.
     """
     found = [(m, mode, s, p) for s, p in spec_placements for m, mode in method_modes
-             if s not in BACKBONE_SPECS or mode == METHODS[m].default_forward_mode]
+             if s not in BACKBONE_SPECS or mode == METHODS[m].untuned_mode]
     return pytest.mark.parametrize(("method", "mode", "spec", "placement"), found,
                                    ids=[f"{m}-{mode}-{s.id}-{'+'.join(p)}" for m, mode, s, p in found])
 

@@ -44,7 +44,8 @@ def test_arguments_are_checked(bench, capsys):
         bench.parse_args(["--stages", "2", "--patch", "8"])
     args = bench.parse_args(["--modes", "chain"])
     assert "conv_lora" not in args.methods and "cp_lora" in args.methods  # convLoRA has no chain
-    assert bench.modes_of("cp_lora", ["default"]) == ["chain"]
+    assert bench.modes_of("cp_lora", ["default"]) == ["auto"]
+    assert bench.modes_of("conv_lora", ["default"]) == ["reconstruct"]
     assert bench.modes_of("lora_pt", ["all"]) == ["reconstruct"]  # one mode: no "auto" to time
     assert bench.modes_of("lora_c", ["auto"]) == ["auto"]
 
@@ -72,7 +73,7 @@ def test_report_states_its_method_and_lists_every_setting(bench, tmp_path, capsy
         assert needle in text, needle
     rows = [line for line in text.splitlines() if line.startswith("| cp_lora |")]
     modes = len(bench.METHODS["cp_lora"].forward_modes) + 1  # and "auto", tuned when the network is built
-    assert len(rows) == 2 * modes and sum("| auto |" in r for r in rows) == 2
+    assert len(rows) == 2 * modes and sum("| auto (default) |" in r for r in rows) == 2
     assert sum("| decoder |" in r for r in rows) == modes
     full_rows = [line for line in text.splitlines() if line.startswith("| full fine-tuning |")]
     assert len(full_rows) == 2 and all("| 1.00 | 1.00 |" in r for r in full_rows)  # each block's own denominator

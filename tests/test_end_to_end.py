@@ -73,6 +73,10 @@ def test_finetune_trains_adapters_and_keeps_the_base(work):
     log = next(fold.glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "trainable parameters per stage" in log and "bottleneck" in log
     assert "Segmentation heads kept" in log  # binary to binary: the pretrained head is reused
+    # CP-LoRA's default forward_mode="auto": every layer shape timed once before the first step
+    choice = log[log.index("forward mode per layer shape"):].splitlines()
+    rows = [line for line in choice[2:] if line.strip() and line.split()[-1] in ("chain", "reconstruct", "projected")]
+    assert rows and rows[0].startswith("encoder.stages.0")
     summary = (fold / "peft_summary.json").read_text(encoding="utf-8")
     assert '"method": "CPLoRA"' in summary
     assert (fold / "validation" / "summary.json").is_file()

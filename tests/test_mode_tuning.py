@@ -37,9 +37,14 @@ def test_config_accepts_auto_only_where_there_is_a_choice():
         PeftConfig("lora_c", forward_mode="fastest")
 
 
-def test_until_tuned_an_auto_layer_runs_its_methods_default():
+def test_auto_is_the_default_where_there_is_a_choice():
+    assert PeftConfig("cp_dora").forward_mode == "auto"
+    assert PeftConfig("conv_lora").forward_mode == "reconstruct"
+
+
+def test_until_tuned_an_auto_layer_runs_its_methods_untuned_mode():
     for layer in adapter_layers(adapted("dora_c", "auto")):
-        assert layer.forward_mode == METHODS["dora_c"].default_forward_mode
+        assert layer.forward_mode == METHODS["dora_c"].untuned_mode
         assert layer.tunable_modes == METHODS["dora_c"].forward_modes
     assert all(not layer.tunable_modes for layer in adapter_layers(adapted("dora_c", "projected")))
 

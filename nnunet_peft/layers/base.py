@@ -57,9 +57,9 @@ class AdapterLayer(nn.Module):
         self.method = config.method
         self.rank = config.rank
         self.scaling = config.scaling
-        # "auto" leaves the choice to nnunet_peft.mode_tuning; until it runs, the method's default
+        # "auto" leaves the choice to nnunet_peft.mode_tuning; until it runs, the method's untuned mode
         self.tunable_modes: tuple[str, ...] = config.spec.forward_modes if config.forward_mode == AUTO_MODE else ()
-        self.forward_mode = config.spec.default_forward_mode if self.tunable_modes else config.forward_mode
+        self.forward_mode = config.spec.untuned_mode if self.tunable_modes else config.forward_mode
         self.kind = layer_kind(base_layer)
         self.transposed = self.kind.transposed
         self.ndim = self.kind.ndim
