@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nnunet_peft import METHODS, PeftConfig
-from nnunet_peft.injection import GROUPS_ATTR, adapter_layers
+from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, inject_adapters
 from nnunet_peft.layers.tensor import TensorGroupAdapter
 
 # every (method, forward mode) pair the library offers, with readable test ids
@@ -51,6 +51,19 @@ def perturb_(tensors: list[torch.Tensor], seed: int = 0, scale: float = 0.1) -> 
     g = torch.Generator().manual_seed(seed)
     for t in tensors:
         t.add_(scale * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype))
+
+
+def moved_adapter_network(spec, method: str, mode: str | None, rank: int = 2, seed: int = 0) -> nn.Module:
+    """A tiny pretrained network (``tests/networks.py``) with adapters whose every trainable tensor was moved
+    off its initialisation (LoRA's zero factor included), so that every gradient is non-trivial; in training
+    mode, where the forward modes differ."""
+    from networks import pretrained_network
+
+    net = pretrained_network(spec, seed=seed)
+    inject_adapters(net, PeftConfig(method, rank=rank, forward_mode=mode))
+    with torch.no_grad():
+        perturb_([p for p in net.parameters() if p.requires_grad], seed=seed + 1, scale=0.05)
+    return net.train()
 
 
 def expected_layer_count(method: str, shape: tuple[int, ...], rank: int, serial_width: int | None = None) -> int:

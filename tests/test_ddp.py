@@ -14,22 +14,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from networks import NET_SPECS, outputs, pretrained_network, random_input
-from nnunet_peft import PeftConfig, inject_adapters
+from adapter_helpers import moved_adapter_network
+from networks import NET_SPECS, outputs, random_input
 
 SPEC = NET_SPECS[2]  # 2-D residual encoder: tensor groups of several same-shape convolutions
 WORLD = 2
 
 
 def adapted(method: str, mode: str | None) -> torch.nn.Module:
-    net = pretrained_network(SPEC, seed=0)
-    inject_adapters(net, PeftConfig(method, rank=2, forward_mode=mode))
-    with torch.no_grad():  # move the zero-initialised factors so that every gradient is non-trivial
-        g = torch.Generator().manual_seed(1)
-        for p in net.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
-    return net.train()
+    return moved_adapter_network(SPEC, method, mode)
 
 
 def loss_of(net, x) -> torch.Tensor:

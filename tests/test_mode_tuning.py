@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from networks import NET_SPECS, outputs, pretrained_network, random_input
-from nnunet_peft import METHODS, PeftConfig, adapter_layers, inject_adapters
+from adapter_helpers import moved_adapter_network
+from networks import NET_SPECS, outputs, random_input
+from nnunet_peft import METHODS, PeftConfig, adapter_layers
 from nnunet_peft import mode_tuning
 from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices, time_forward_modes
 
@@ -14,14 +15,7 @@ SPEC = NET_SPECS[3]  # 3-D residual encoder: strided, transposed, 1x1 and repeat
 
 
 def adapted(method: str, mode: str | None, seed: int = 0) -> torch.nn.Module:
-    net = pretrained_network(SPEC, seed=seed)
-    inject_adapters(net, PeftConfig(method, rank=2, forward_mode=mode))
-    with torch.no_grad():  # move the zero-initialised factors so that every gradient is non-trivial
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in net.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
-    return net.train()
+    return moved_adapter_network(SPEC, method, mode, seed=seed)
 
 
 def loss_and_grads(net, x):

@@ -8,22 +8,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from networks import NET_SPECS, outputs, pretrained_network, random_input
-from nnunet_peft import PeftConfig, adapter_layers, inject_adapters
+from adapter_helpers import moved_adapter_network
+from networks import NET_SPECS, outputs, random_input
+from nnunet_peft import adapter_layers
 from nnunet_peft.injection import GROUPS_ATTR
 
 PLAIN3D = NET_SPECS[1]
 
 
 def adapted(method: str, mode: str | None, rank: int = 2, seed: int = 0, spec=PLAIN3D):
-    net = pretrained_network(spec, seed=seed)
-    inject_adapters(net, PeftConfig(method, rank=rank, forward_mode=mode))
-    with torch.no_grad():  # move every zero-initialised factor, so every gradient is non-trivial
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in net.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
-    return net.train()
+    return moved_adapter_network(spec, method, mode, rank=rank, seed=seed)
 
 
 def loss_of(net, x) -> torch.Tensor:
