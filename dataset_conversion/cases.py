@@ -37,6 +37,9 @@ class Case:
     # cases of one group (e.g. the left and right half of one subject) share data, so splits must
     # keep them on the same side of every fold; None: the case is its own group
     group: str | None = None
+    # --crop-margin crops around the foreground of these masks instead of ``labels`` (e.g. a base
+    # dataset cropped around a structure it does not label, so that base and target crops agree)
+    crop_around: tuple[LabelSource, ...] = ()
 
     @property
     def labelled(self) -> bool:

@@ -309,12 +309,32 @@ class _CaseWriter:
             return None
         if label is None:  # the mask could not be read: already a problem
             return None
+        if case.crop_around:
+            label = self._crop_mask(case, reference, problems)
+            if label is None:
+                return None
         box = foreground_box(label, reference.GetSpacing(), self.options.crop_margin)
         if box is None:
+            what = "the structures to crop around" if case.crop_around else "the selected structures"
             problems.append(Problem("mask has no foreground after label mapping, so --crop-margin has nothing to "
-                                    "crop around; check that the mask holds the selected structures, or leave "
-                                    "the case out", case.case_id, case.labels[0].path))
+                                    f"crop around; check that the mask holds {what}, or leave the case out",
+                                    case.case_id, case.labels[0].path))
         return box
+
+    def _crop_mask(self, case: Case, reference: sitk.Image, problems: list[Problem]) -> np.ndarray | None:
+        """The union of ``case.crop_around``'s mapped masks (their geometry was checked with the labels)."""
+        union: np.ndarray | None = None
+        for part in case.crop_around:
+            mask = self._read(case, ImageSource(part.path), problems)
+            if mask is None:
+                return None
+            values, reason = integer_labels(sitk.GetArrayFromImage(mask))
+            if values is None:
+                problems.append(Problem(f"mask {reason}", case.case_id, part.path))
+                return None
+            mapped = part.mapping.apply(values)[0] > 0
+            union = mapped if union is None else union | mapped
+        return union
 
     @staticmethod
     def _read(case: Case, source: ImageSource, problems: list[Problem]) -> sitk.Image | None:

@@ -769,6 +769,47 @@ def test_lpba40_split_sides_errors(folders, capsys, args, message) -> None:
     assert_nothing_written(folders["raw"])
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_lpba40_crop_around_other_structures_than_the_labels(folders, capsys, split) -> None:
+    """A base dataset that does not label the hippocampus, cropped around it, gets the target's crops."""
+    src, raw = folders["src"], folders["raw"]
+    make_lpba40_heads(src, 2)
+    sides = ["--split-sides"] if split else []
+    common = ["--crop-margin", "1", "--sides", "merged", *sides, "-q"]
+    assert convert(capsys, "lpba40", src, "--structures", "hippocampus", "-d", "1", *common)[0] == 0
+    code, _, err = convert(capsys, "lpba40", src, "--structures", "superior_frontal", "--crop-around", "hippocampus",
+                           "-d", "2", *common)
+    assert code == 0, err
+    target, base = raw / "Dataset001_LPBA40", raw / "Dataset002_LPBA40"
+    names = sorted(p.name for p in (target / "imagesTr").iterdir())
+    assert names == sorted(p.name for p in (base / "imagesTr").iterdir())
+    assert names == (["S01L_0000.nii.gz", "S01R_0000.nii.gz", "S02L_0000.nii.gz", "S02R_0000.nii.gz"] if split
+                     else ["S01_0000.nii.gz", "S02_0000.nii.gz"])
+    for name in names:
+        a, b = (sitk.ReadImage(str(d / "imagesTr" / name)) for d in (target, base))
+        assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    # the base labels only its own structure (21, in a corner outside every hippocampus crop): the
+    # hippocampus it was cropped around is background to it
+    for name in names:
+        assert not read(base / "labelsTr" / name.replace("_0000", "")).any()
+        assert read(target / "labelsTr" / name.replace("_0000", "")).any()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--crop-around", "hippocampus"], "--crop-around says what to crop around, but nothing is cropped; "
+                                       "add --crop-margin MM"),
+    (["--crop-around", "cerebellum", "--split-sides", "--crop-margin", "2"],
+     "--crop-around's cerebellum lie(s) on neither side"),
+    (["--crop-around", "caudate", "--crop-margin", "2"], "the structures to crop around"),
+])
+def test_lpba40_crop_around_errors(folders, capsys, args, message) -> None:
+    make_lpba40_heads(folders["src"], 2)
+    code, _, err = convert(capsys, "lpba40", folders["src"], *args)
+    assert code == 2 and message in err, err
+    assert_nothing_written(folders["raw"])
+
+
 def make_lorapt(src: Path) -> None:
     for i in range(1, 5):
         write(src / f"sub{i}" / f"sub{i}_img.nii.gz", image(i))

@@ -9,12 +9,16 @@ a side means both sides: --sides separate gives it two labels (left, then right)
 With a single two-sided structure the labels are named left/right (as `harp` names them).
 
 --split-sides makes one case per side and subject (S05L, S05R), each holding only that side's
-structures; it needs --crop-margin, and the folds (--folds) then keep a subject's sides together."""
+structures; it needs --crop-margin, and the folds (--folds) then keep a subject's sides together.
+
+--crop-around crops around other structures than the labelled ones: a base dataset of the structures
+around the hippocampus, cropped around the hippocampus it does not label, sees exactly the crops of a
+target dataset that labels the hippocampus too."""
 from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nnunet_peft.dataset_conversion.cases import Case, Discovery, LabelSource
@@ -110,6 +114,7 @@ class Lpba40(Layout):
     sides: str = "separate"
     structures: tuple[Structure, ...] = field(default_factory=lambda: parse_structures("hippocampus"))
     split_sides: bool = False
+    crop_around: tuple[Structure, ...] = ()  # empty: crop around the selected structures
 
     name = "lpba40"
     summary = "LPBA40: NIfTI or Analyze images and labels; any of its 56 structures (default hippocampus)"
@@ -123,6 +128,9 @@ class Lpba40(Layout):
         if self.split_sides and (midline := [s.name for s in self.structures if s.codes[0][0] == ""]):
             raise ValueError(f"--split-sides makes one case per side, but {', '.join(midline)} lie(s) on neither "
                              f"side; select left/right structures only, or drop --split-sides")
+        if self.split_sides and (midline := [s.name for s in self.crop_around if s.codes[0][0] == ""]):
+            raise ValueError(f"--split-sides crops each side around its own structures, but --crop-around's "
+                             f"{', '.join(midline)} lie(s) on neither side; name left/right structures")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -135,10 +143,15 @@ class Lpba40(Layout):
                             help="one case per side and subject (SNNL, SNNR), each holding only that side's "
                                  "structures; needs --crop-margin (two whole-head copies would be pointless), "
                                  "and --folds keeps a subject's sides in the same fold")
+        parser.add_argument("--crop-around", metavar="SPEC", type=parse_structures,
+                            help="with --crop-margin: crop around these structures (same syntax as --structures) "
+                                 "instead of the selected ones; they need not be labelled, e.g. a base dataset of "
+                                 "the structures around the hippocampus cropped around the hippocampus, to match "
+                                 "a target dataset that labels it (default: the selected structures)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Lpba40:
-        return cls(args.sides, args.structures, args.split_sides)
+        return cls(args.sides, args.structures, args.split_sides, args.crop_around or ())
 
     def _plan(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """Output labels 1, 2, ... in order: (name, the (side, LONI code)s that become it)."""
@@ -166,18 +179,31 @@ class Lpba40(Layout):
         found.problems[:0] = problems
         if self.split_sides:
             found.cases = [split for case in found.cases for split in self._split(case)]
+        elif self.crop_around:
+            found.cases = [replace(case, crop_around=self._crop_sources(case, None)) for case in found.cases]
         return found
+
+    def _crop_sources(self, case: Case, side: str | None) -> tuple[LabelSource, ...]:
+        """``--crop-around``'s structures (of one side) as masks; empty: crop around the labels."""
+        if not self.crop_around:
+            return ()
+        codes = [code for s in self.crop_around for where, code in s.codes if side is None or where == side]
+        mapping = LabelMapping.from_pairs([(codes, 1)], others_to_background=True)
+        return tuple(LabelSource(part.path, mapping) for part in case.labels)
 
     def _split(self, case: Case) -> list[Case]:
         sides = [side for side in ("L", "R") if any(s == side for st in self.structures for s, _ in st.codes)]
         return [Case(f"{case.case_id}{side}", case.images,
-                     tuple(LabelSource(part.path, self.mapping(side)) for part in case.labels), group=case.case_id)
+                     tuple(LabelSource(part.path, self.mapping(side)) for part in case.labels), group=case.case_id,
+                     crop_around=self._crop_sources(case, side))
                 for side in sides]
 
     def crop_required(self) -> str | None:
         if self.split_sides:
             return "--split-sides makes a left and a right case from each head, which uncropped would be two " \
                    "whole-head copies"
+        if self.crop_around:
+            return "--crop-around says what to crop around, but nothing is cropped"
         return None
 
     def channel_names(self) -> dict[int, str]:
