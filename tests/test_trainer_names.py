@@ -128,3 +128,46 @@ def test_trainer_uses_the_named_learning_rate(monkeypatch):
     monkeypatch.setattr(trainer_module.nnUNetTrainer, "__init__", lambda self, *a, **k: seen.setdefault("init", True))
     instance = cls({}, "3d_fullres", 0, {})
     assert seen and instance.initial_lr == pytest.approx(0.03) and instance.num_epochs == 2
+
+
+def _nnunet_lookup(name: str, monkeypatch):
+    """nnU-Net's own search (nnUNetv2_train and nnUNetv2_predict call it), with our folder in nnUNet_extTrainer."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_peft.commands.trainer_dir import trainer_dir
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
+    return recursive_find_trainer_class_by_name(name)
+
+
+def test_a_malformed_name_ends_nnunets_search_with_the_grammar_alone(monkeypatch):
+    """hasattr lets only AttributeError through as 'not here': the grammar error leaves nnU-Net's search as a
+    SystemExit carrying the message (printed without a traceback) that is also a TrainerNameError."""
+    assert _nnunet_lookup("nnUNetTrainerCPLoRA_dec_r4_2ep", monkeypatch).spec.rank == 4
+    with pytest.raises(SystemExit) as err:
+        _nnunet_lookup("nnUNetTrainerCPLoRA_foo", monkeypatch)
+    assert isinstance(err.value, TrainerNameError)
+    assert err.value.code == str(err.value) and "unknown token 'foo'" in err.value.code and GRAMMAR in err.value.code
+    with pytest.raises(SystemExit, match="rank must be >= 1"):
+        _nnunet_lookup("nnUNetTrainerLoRAC_r0", monkeypatch)
+    # names that are not ours still reach nnU-Net's own 'not found'
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer nnUNetTrainerSomethingElse"):
+        _nnunet_lookup("nnUNetTrainerSomethingElse", monkeypatch)
+
+
+def test_nnunetv2_train_prints_the_grammar_error_without_a_traceback(tmp_path):
+    """The whole command line: the trainer lookup comes before the (missing) dataset is read."""
+    import os
+    import subprocess
+
+    from nnunet_peft.commands.trainer_dir import trainer_environment
+
+    env = trainer_environment({**os.environ, "OMP_NUM_THREADS": "1"})
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(tmp_path / var)
+    proc = subprocess.run(["nnUNetv2_train", "1", "3d_fullres", "0", "-tr", "nnUNetTrainerCPLoRA_foo", "-device", "cpu"],
+                          env=env, capture_output=True, encoding="utf-8", errors="replace")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    assert "nnunet-peft: cannot parse trainer name 'nnUNetTrainerCPLoRA_foo': unknown token 'foo'" in proc.stderr
+    assert GRAMMAR in proc.stderr
