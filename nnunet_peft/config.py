@@ -80,6 +80,11 @@ class PeftConfig:
         train_input_conv: the network's first convolution takes no adapter and trains fully
             (set when its input channels were rebuilt for another dataset: new channels need a
             full-rank update). Changes the structure, so it is part of the saved config.
+        train_fully: placements that take no adapters and train every weight instead, as in full
+            fine-tuning (disjoint from ``placement``): ``("decoder",)`` with adapters in the encoder and
+            bottleneck is the hybrid of few-shot segmentation studies, adapters where the pretrained
+            features should be kept and a fully trained decoder for new structures. Their weights
+            are saved with the adapter.
     """
 
     method: str
@@ -91,6 +96,7 @@ class PeftConfig:
     cp_init: str = "random"
     dora_eps: float = 1e-6
     train_input_conv: bool = False
+    train_fully: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -125,6 +131,14 @@ class PeftConfig:
             raise ValueError(f"dora_eps must be > 0, got {self.dora_eps!r}")
         if not isinstance(self.train_input_conv, bool):
             raise ValueError(f"train_input_conv must be a bool, got {self.train_input_conv!r}")
+        if isinstance(self.train_fully, str):
+            self.train_fully = (self.train_fully,)
+        self.train_fully = tuple(self.train_fully)
+        if any(p not in PLACEMENTS for p in self.train_fully) or len(set(self.train_fully)) != len(self.train_fully):
+            raise ValueError(f"train_fully must be distinct values from {PLACEMENTS}, got {self.train_fully!r}")
+        if both := [p for p in self.train_fully if p in self.placement]:
+            raise ValueError(f"{', '.join(both)} cannot both take adapters (placement {self.placement}) and train "
+                             f"fully (train_fully {self.train_fully}); name each part in one of them")
 
     @property
     def scaling(self) -> float:
@@ -141,6 +155,7 @@ class PeftConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["placement"] = list(self.placement)
+        d["train_fully"] = list(self.train_fully)
         return d
 
     @classmethod
@@ -149,4 +164,5 @@ class PeftConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown PeftConfig fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**{**d, "placement": tuple(d.get("placement", PLACEMENTS))})
+        return cls(**{**d, "placement": tuple(d.get("placement", PLACEMENTS)),
+                      "train_fully": tuple(d.get("train_fully", ()))})

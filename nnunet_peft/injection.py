@@ -41,7 +41,8 @@ def get_config(network: nn.Module) -> PeftConfig | None:
 def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True) -> nn.Module:
     """Wrap the placed convolutions and Linear layers of ``network`` in adapters of ``config.method``, in place.
 
-    Everything is frozen except the adapters and the segmentation heads (which every method trains).
+    Everything is frozen except the adapters, the segmentation heads (which every method trains) and the
+    stages of ``config.train_fully``, which train every weight.
     Adapters that derive from the kernels (DoRA magnitudes, SVD / t-SVD / CUR parts) are computed from
     the weights the network holds now, so load the pretrained weights first. ``init_weights=False``
     only allocates the adapter tensors (for loading a saved state, where computing them is wasted).
@@ -70,7 +71,8 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
         # the factors are allocated in float32; they must follow the kernel (a float64 or half network)
         replace_module(network, conv, wrapper.to(device=conv.weight.device, dtype=conv.weight.dtype))
 
-    set_trainable(network, adapters=True, heads=True, input_conv=config.train_input_conv)
+    set_trainable(network, adapters=True, heads=True, placement=config.train_fully,
+                  input_conv=config.train_input_conv)
     object.__setattr__(network, CONFIG_ATTR, config)  # plain attribute: not a module, not in the state dict
     return network
 

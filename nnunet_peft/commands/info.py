@@ -120,6 +120,8 @@ def _adapter_fields(folder: Path, record: dict, plans: dict | None, dataset_json
     ]
     if cfg.get("train_input_conv"):
         fields.append(("first convolution", "trains fully (saved in the adapter)"))
+    if cfg.get("train_fully"):
+        fields.append(("trains fully", " + ".join(cfg["train_fully"]) + " (saved in the adapter)"))
     backbone = record.get("network_class") or _plans_class(plans, record.get("configuration"))
     fields.append(("backbone", backbone or "not recorded"))
     trainable, total = record.get("trainable_parameters"), record.get("total_parameters")

@@ -53,6 +53,10 @@ GRAMMAR = f"""\
                              {DEFAULT_LEARNING_RATES["adapter"]:g} for adapters, {DEFAULT_LEARNING_RATES["finetune"]:g} for Finetune and SegHead)
             scratch          Finetune only: train from random initialisation, refusing
                              -pretrained_weights (the from-scratch baseline, same schedule)
+            ftdec            adapters only: the decoder takes no adapters and trains every weight, at
+                             Finetune's learning rate, as in Finetune; the adapters go to the encoder
+                             and bottleneck (or the enc / bn tokens given). The adapter file holds
+                             the trained decoder
             chzero | chrepeat | chcopy<int>
                              the target has other input channels than the checkpoint: how the first
                              convolution is rebuilt (chzero: new channels start at zero; chrepeat:
@@ -63,7 +67,7 @@ GRAMMAR = f"""\
                              a transformer backbone instead of the plans' U-Net: UNETR, SwinUNETR,
                              Primus-S (primusB/M/L: Primus-B/M/L); the patch size is adjusted to one
                              the backbone takes
-    e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep, nnUNetTrainerLoRAPT_unetr"""
+    e.g. nnUNetTrainerCPLoRA_dec_r64_a64_100ep, nnUNetTrainerCPLoRA_ftdec, nnUNetTrainerLoRAPT_unetr"""
 
 _PLACEMENT_TOKENS = {"enc": "encoder", "bn": "bottleneck", "dec": "decoder"}
 _LEARNING_RATE = re.compile(r"lr(\d+)p(\d+)")
@@ -93,6 +97,7 @@ class TrainerSpec:
     input_channels: str | None = None  # "zero", "repeat" or "copy": how the first convolution is adapted
     copy_channel: int | None = None  # the checkpoint channel "copy" takes
     backbone: str | None = None  # a token of nnunet_peft.backbones.BACKBONES; None: the plans' U-Net
+    train_decoder: bool = False  # ftdec: the decoder trains fully instead of taking adapters
 
     @property
     def input_channel_token(self) -> str | None:
@@ -108,6 +113,11 @@ class TrainerSpec:
         return DEFAULT_LEARNING_RATES["adapter" if self.peft_method is not None else "finetune"]
 
     @property
+    def full_lr(self) -> float:
+        """The learning rate of the layers that train fully beside adapters (``ftdec``): Finetune's."""
+        return DEFAULT_LEARNING_RATES["finetune"]
+
+    @property
     def peft_method(self) -> str | None:
         """The adapter method id, or None for the fine-tuning baselines."""
         return ADAPTER_METHODS.get(self.method)
@@ -121,7 +131,8 @@ class TrainerSpec:
         if self.peft_method is None:
             raise ValueError(f"{self.name} trains no adapters")
         return PeftConfig(self.peft_method, rank=self.rank, alpha=self.alpha, placement=self.placement,
-                          train_input_conv=self.input_channels is not None)
+                          train_input_conv=self.input_channels is not None,
+                          train_fully=("decoder",) if self.train_decoder else ())
 
 
 def is_plugin_name(name: str) -> bool:
@@ -150,6 +161,7 @@ def parse_trainer_name(name: str) -> TrainerSpec:
     input_channels: str | None = None
     copy_channel: int | None = None
     backbone: str | None = None
+    train_decoder = False
     for token in tokens:
         if token in BACKBONES:
             if backbone is not None:
@@ -167,6 +179,12 @@ def parse_trainer_name(name: str) -> TrainerSpec:
             if method != "Finetune" or scratch:
                 raise fail("'scratch' is a Finetune token and appears at most once")
             scratch = True
+            continue
+        if token == "ftdec":
+            if method not in ADAPTER_METHODS or train_decoder:
+                raise fail("'ftdec' (the decoder trains fully beside adapters) is an adapter-method token and "
+                           "appears at most once; Finetune_dec trains the decoder alone")
+            train_decoder = True
             continue
         if token in _PLACEMENT_TOKENS:
             if _PLACEMENT_TOKENS[token] in placement:
@@ -186,8 +204,10 @@ def parse_trainer_name(name: str) -> TrainerSpec:
                 if field in values:
                     raise fail(f"{field} is given twice")
                 value = int(match.group(1))
-                if value < 1 and not (field == "epochs" and value == 0):
-                    raise fail(f"{field} must be >= 1, got {token!r}")
+                if value < 1:  # NoFinetune is the way to run no epoch
+                    raise fail(f"{field} must be >= 1, got {token!r}"
+                               + (f" (to evaluate the checkpoint as it is, use {PREFIX}NoFinetune)"
+                                  if field == "epochs" else ""))
                 values[field] = value
                 break
         else:
@@ -205,14 +225,18 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
     if method == "NoFinetune" and ({"epochs", "iterations"} & set(values) or learning_rate is not None):
         raise fail("NoFinetune runs 0 epochs, so it takes no <int>ep/<int>it/lr tokens")
+    if train_decoder and "decoder" in placement:
+        raise fail("'ftdec' trains the decoder fully, so the decoder cannot take adapters too: drop 'dec'")
     # canonical order, so that the placement tuple does not depend on the order of the tokens
     ordered = tuple(p for p in PLACEMENTS if p in placement) or PLACEMENTS
+    if train_decoder and not placement:
+        ordered = tuple(p for p in PLACEMENTS if p != "decoder")
     spec = TrainerSpec(
         name=name, method=method, placement=ordered,
         rank=values.get("rank", DEFAULT_RANK), alpha=values.get("alpha"),
         epochs=0 if method == "NoFinetune" else values.get("epochs", DEFAULT_EPOCHS),
         iterations=values.get("iterations", DEFAULT_ITERATIONS), scratch=scratch, learning_rate=learning_rate,
-        input_channels=input_channels, copy_channel=copy_channel, backbone=backbone,
+        input_channels=input_channels, copy_channel=copy_channel, backbone=backbone, train_decoder=train_decoder,
     )
     if spec.peft_method is not None:
         spec.peft_config()  # validate rank/alpha/placement eagerly with the library's own rules

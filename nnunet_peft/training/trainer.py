@@ -47,7 +47,7 @@ from nnunet_peft.backbones import build_from_plans, plans_with_backbone_patch_si
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
 from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters
 from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices
-from nnunet_peft.placement import input_convolution
+from nnunet_peft.placement import input_convolution, network_stages
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
 from nnunet_peft.training.load_report import build_load_report, format_load_report
 from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
@@ -55,6 +55,25 @@ from nnunet_peft.training.pretrained import check_pretrained_compatible, pretrai
 from nnunet_peft.training.transfer import (Source, adapt_input_conv, channel_names, checkpoint_input_channels,
                                            checkpoint_output_channels, class_summary, label_map_from_env, map_heads,
                                            match_channels, read_source, resize_heads)
+
+class GroupPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, applied to each parameter group's own initial rate (nnU-Net's sets every
+    group to one rate). With one group it is nnU-Net's schedule exactly."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, exponent: float = 0.9,
+                 current_step: int | None = None):
+        self.group_initial_lrs = [group["lr"] for group in optimizer.param_groups]
+        super().__init__(optimizer, initial_lr, max_steps, exponent, current_step)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        factor = (1 - current_step / self.max_steps) ** self.exponent
+        for group, initial in zip(self.optimizer.param_groups, self.group_initial_lrs):
+            group["lr"] = initial * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
 
 SUMMARY_NAME = "peft_summary.json"
 LOAD_REPORT_NAME = "load_report.json"
@@ -255,10 +274,17 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         params = [p for p in self.network.parameters() if p.requires_grad]
         if not params:  # NoFinetune: nothing trains, but nnU-Net still wants an optimiser to checkpoint
             params = [nn.Parameter(torch.zeros(1, device=self.device))]
-        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
+        groups = [{"params": params, "lr": self.initial_lr}]
+        if self._peft_ready and self.spec.train_decoder:
+            # ftdec: the decoder's full weights at Finetune's rate, the adapters (and heads) at the adapters'
+            full = {id(p) for stage in network_stages(unwrap(self.network)) if stage.placement == "decoder"
+                    for module in stage.modules for p in module.parameters() if p.requires_grad}
+            groups = [{"params": [p for p in params if id(p) not in full], "lr": self.initial_lr},
+                      {"params": [p for p in params if id(p) in full], "lr": self.spec.full_lr}]
+        optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
         # max(1, ...): the poly schedule divides by the number of epochs, which is 0 for NoFinetune
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, max(1, self.num_epochs))
+        return optimizer, GroupPolyLRScheduler(optimizer, self.initial_lr, max(1, self.num_epochs))
 
     def on_train_start(self):
         if not self.was_initialized:
