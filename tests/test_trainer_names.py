@@ -171,3 +171,47 @@ def test_nnunetv2_train_prints_the_grammar_error_without_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
     assert "nnunet-peft: cannot parse trainer name 'nnUNetTrainerCPLoRA_foo': unknown token 'foo'" in proc.stderr
     assert GRAMMAR in proc.stderr
+
+
+@pytest.mark.parametrize("name, spelt", [
+    ("nnUNetTrainerCpLoRA", "nnUNetTrainerCPLoRA"),
+    ("nnunettrainerNOFINETUNE", "nnUNetTrainerNoFinetune"),
+    ("nnUNetTrainerLoRAc_DEC_R4_100EP_LR0P01", "nnUNetTrainerLoRAC_dec_r4_100ep_lr0p01"),
+    ("nnUNetTrainerLoRAPT_Unetr", "nnUNetTrainerLoRAPT_unetr"),
+    ("nnUNetTrainerhyps_PRIMUSB", "nnUNetTrainerHyPS_primusB"),  # backbone tokens keep their own mixed case
+])
+def test_a_name_in_the_wrong_case_is_answered_with_the_right_spelling(name, spelt, monkeypatch):
+    parse_trainer_name(spelt)  # the suggestion is a valid name
+    import importlib
+
+    module = importlib.import_module("nnunet_peft.trainers.nnunet_peft_trainers")
+    for lookup in (lambda: _nnunet_lookup(name, monkeypatch), lambda: getattr(module, name)):
+        with pytest.raises(SystemExit) as err:
+            lookup()
+        assert isinstance(err.value, TrainerNameError) and f"did you mean {spelt}?" in err.value.code
+        assert f"'{name}'" in err.value.code
+
+
+def test_the_case_is_corrected_before_the_grammar_is_checked(monkeypatch):
+    # the method in the wrong case, a token wrong too: the right case, and why it still fails
+    with pytest.raises(SystemExit) as err:
+        _nnunet_lookup("nnUNetTrainerCpLoRA_foo", monkeypatch)
+    assert "nnUNetTrainerCPLoRA_foo is its spelling" in err.value.code and "unknown token 'foo'" in err.value.code
+    assert "did you mean" not in err.value.code
+    # the method right, a token in the wrong case: the grammar error ends with the spelling that parses
+    with pytest.raises(SystemExit) as err:
+        _nnunet_lookup("nnUNetTrainerCPLoRA_Dec_r4", monkeypatch)
+    assert "unknown token 'Dec'" in err.value.code
+    assert err.value.code.endswith("did you mean nnUNetTrainerCPLoRA_dec_r4?")
+    # no method of ours in any case: nnU-Net's own 'not found'
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+        _nnunet_lookup("nnUNetTrainerCpLoRAX", monkeypatch)
+
+
+def test_correct_case():
+    from nnunet_peft.training.trainer_lookup import correct_case
+
+    assert correct_case("nnUNetTrainerCPLoRA_dec") is None  # already right
+    assert correct_case("nnUNetTrainer_5epochs") is None and correct_case("MyTrainer") is None
+    assert correct_case("NNUNETTRAINERSEGHEAD_20EP") == "nnUNetTrainerSegHead_20ep"
+    assert correct_case("nnUNetTrainerCpLoRA__X") == "nnUNetTrainerCPLoRA__x"  # the tokens as they are, but for case
