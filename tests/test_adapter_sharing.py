@@ -311,6 +311,26 @@ def test_apply_adapter_in_python_refuses_and_overrides(tmp_path):
         apply_adapter(tmp_path / "shared", other, tmp_path / "out", allow_other_base=True)
 
 
+def test_apply_adapter_says_what_an_adapter_folder_is_before_reading_it(tmp_path, capsys):
+    source = source_checkpoint(tmp_path)
+    missing = tmp_path / "MISSING"
+    code, out, err = run_cli(["apply-adapter", "-a", missing, "--checkpoint", source, "-o", tmp_path / "out"], capsys)
+    assert code == 2 and f"adapter folder {missing} does not exist" in err, err
+    for holds in ("export-adapter", "plans.json", "dataset.json", f"fold_K/{CONFIG_NAME}", "adapter_model.safetensors"):
+        assert holds in err
+    assert "not found" not in err and not (tmp_path / "out").exists()
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"holds no fold_\\*/{CONFIG_NAME}; an adapter folder is one written"):
+        apply_adapter(tmp_path / "empty", source, tmp_path / "out")
+    model = results_folder(tmp_path, folds=(0,), dice=None)
+    export_adapter(model, tmp_path / "shared")
+    (tmp_path / "shared" / "plans.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no plans.json; an adapter folder is one written by export-adapter"):
+        apply_adapter(tmp_path / "shared", source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_apply_adapter_warns_for_an_old_export(tmp_path, capsys):
     model = results_folder(tmp_path, folds=(0,), dice=None)
     export_adapter(model, tmp_path / "shared")

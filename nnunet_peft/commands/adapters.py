@@ -54,10 +54,8 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
     ``configuration``, when given, must be the one the adapter records (a check, not a choice).
     """
     adapter = Path(adapter)
+    folds = export_folds(adapter)
     plans, dataset_json = read_json(adapter / "plans.json"), read_json(adapter / "dataset.json")
-    folds = sorted(d for d in adapter.glob("fold_*") if (d / CONFIG_NAME).is_file())
-    if not folds:
-        raise FileNotFoundError(f"{adapter} holds no fold_*/{CONFIG_NAME}; expected a folder written by export-adapter")
     if configuration is not None:
         recorded = sorted({read_adapter_config(d).get("configuration") for d in folds})
         if recorded != [configuration]:
@@ -80,6 +78,26 @@ def apply_adapter(adapter: Path, pretrained: Path, out: Path, overwrite: bool = 
                                        _axes(meta.get("inference_allowed_mirroring_axes"))),
                        tmp / fold_dir.name / CHECKPOINT)
     return Path(out)
+
+
+def export_folds(adapter: Path) -> list[Path]:
+    """The fold folders of an export-adapter folder, after checking that it is one.
+
+    Checked before anything is read, so that a wrong ``-a`` is reported as the folder it is, with
+    what such a folder holds, rather than as the first file missing from it.
+    """
+    holds = (f"an adapter folder is one written by export-adapter, holding plans.json, dataset.json and "
+             f"fold_K/{CONFIG_NAME} with fold_K/{WEIGHTS_NAME} for every fold")
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"adapter folder {adapter} {'is a file' if adapter.exists() else 'does not exist'}; "
+                                f"{holds}")
+    folds = sorted(d for d in adapter.glob("fold_*") if (d / CONFIG_NAME).is_file())
+    if not folds:
+        raise FileNotFoundError(f"{adapter} holds no fold_*/{CONFIG_NAME}; {holds}")
+    missing = [name for name in ("plans.json", "dataset.json") if not (adapter / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{adapter} has no {' and no '.join(missing)}; {holds}")
+    return folds
 
 
 def _rebuilt_in_full(network: torch.nn.Module, fold_dir: Path) -> set[str]:
