@@ -1,0 +1,91 @@
+"""The strong-base study's own logic: disjoint subject split, nested folds per draw, the summary (no training)."""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lpba40_strong_base.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    sys.path.insert(0, str(SCRIPT.parent))  # it shares lpba40_transfer's steps
+    spec = importlib.util.spec_from_file_location("lpba40_strong_base", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_lpba40(root: Path, n: int) -> Path:
+    for sub, suffix in (("images", "skullstripped"), ("labels", "structure.label")):
+        (root / sub).mkdir(parents=True)
+        for i in range(2, 2 + n):
+            (root / sub / f"S{i:02d}.delineation.{suffix}.nii.gz").write_bytes(b"")
+    return root
+
+
+def _args(script, root: Path, *argv: str) -> argparse.Namespace:
+    return script.parser().parse_args(["--work", "w", "--phase", "grid", "--lpba40", str(root), *argv])
+
+
+def test_subjects_are_disjoint_seeded_and_overridable(script, tmp_path):
+    root = _fake_lpba40(tmp_path / "lpba40", 30)
+    base, pool, test = script.split_subjects(_args(script, root))
+    assert (len(base), len(pool), len(test)) == (18, 6, 6)
+    assert len(set(base) | set(pool) | set(test)) == 30
+    assert (base, pool, test) == script.split_subjects(_args(script, root))
+    assert script.split_subjects(_args(script, root, "--seed", "1"))[0] != base
+    chosen = _args(script, root, "--test-subjects", "S05", "S03", "--base-count", "10")
+    b, p, t = script.split_subjects(chosen)
+    assert t == ["S03", "S05"] and len(b) == 10 and len(p) == 18 and not {"S03", "S05"} & set(b + p)
+    with pytest.raises(SystemExit, match="disjoint"):
+        script.split_subjects(_args(script, root, "--base-subjects", "S02", "--test-subjects", "S02"))
+    with pytest.raises(SystemExit, match="more than 5 subjects"):
+        script.split_subjects(_args(script, root, "--base-count", "20", "--test-count", "5"))
+
+
+def test_folds_nest_within_a_draw_and_keep_sides_together(script):
+    pool = [f"S{i:02d}" for i in range(10, 16)]
+    folds = script.target_splits(pool, draws=3, seed=0)
+    assert len(folds) == 9
+    for draw in range(3):
+        subsets = [folds[script.fold_of(draw, size)] for size in script.SIZES]
+        for size, fold in zip(script.SIZES, subsets):
+            subjects = {c[:-1] for c in fold["train"]}
+            assert len(subjects) == size and {c[:-1] for c in fold["val"]} == set(pool) - subjects
+            assert sorted(fold["train"]) == sorted(f"{s}{side}" for s in subjects for side in "LR")
+        train_sets = [set(f["train"]) for f in subsets]
+        assert train_sets[0] < train_sets[1] < train_sets[2]  # 1 within 2 within 5 subjects
+    assert folds[script.fold_of(0, 1)]["train"] != folds[script.fold_of(1, 1)]["train"]  # draws differ
+    assert script.fold_of(0, 2) == script.SELECT_FOLD
+
+
+def test_summary_measures_learning_on_the_new_class_and_forgetting_against_the_base(script, tmp_path, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for method, new, old in (("Finetune_15ep_20it", 0.8, 0.70), ("CPLoRA_15ep_20it", 0.7, 0.75)):
+        for fold in range(6):  # two draws
+            for case, jitter in (("S20L", 0.0), ("S20R", 0.02)):
+                rows.append({"method": method, "trainer": "x", "fold": str(fold), "split": "test", "case": case,
+                             "label": "hippocampus", "dice": new + jitter + 0.01 * fold})
+                for structure in script.OLD_STRUCTURES:
+                    rows.append({"method": method, "trainer": "x", "fold": str(fold), "split": "test",
+                                 "case": case, "label": structure, "dice": old})
+    report = tmp_path / "grid" / "report"
+    report.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(report / "cases.csv", index=False)
+    monkeypatch.setattr(script, "base_old_task",
+                        lambda work: pd.DataFrame([{"case": c, "label": s, "dice": 0.8}
+                                                   for c in ("S20L", "S20R") for s in script.OLD_STRUCTURES]))
+    script.summarise(argparse.Namespace(), tmp_path)
+    table = pd.read_csv(tmp_path / "summary.csv").set_index(["method", "size"])
+    assert table.loc[("Finetune", 1), "runs"] == 2
+    # size 1 is folds 0 and 3: hippocampus 0.8 + 0.01 + 0.01 * fold on average over both crops
+    assert table.loc[("Finetune", 1), "new"] == pytest.approx(0.81 + 0.015)
+    assert table.loc[("CPLoRA", 5), "forgetting"] == pytest.approx(0.75 - 0.8)
+    assert table.loc[("Finetune", 2), "forgetting"] == pytest.approx(0.70 - 0.8)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| CPLoRA | 1 | 2 |" in text and "-0.100" in text and (tmp_path / "gain_forgetting.png").is_file()
