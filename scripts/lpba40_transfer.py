@@ -60,23 +60,30 @@ def step(title: str, command: list[str], env: dict[str, str], log_dir: Path) -> 
     print(f"    done in {time.time() - start:.0f} s", flush=True)
 
 
-def link_msd(folder: Path) -> Path:
-    """The Decathlon sample as `convert paired` reads it (images/, masks/), through symlinks."""
+def link_msd(folder: Path, msd: Path = MSD) -> Path:
+    """The Decathlon folder ``msd`` as `convert paired` reads it (images/, masks/), through symlinks.
+
+    A folder linked by an earlier run is kept (the run resumes with the source it started from).
+    """
     if folder.is_dir():
         return folder
+    images = sorted((msd / "imagesTr").glob("hippocampus_*.nii.gz"))
+    if not images:
+        raise SystemExit(f"--msd {msd}: no imagesTr/hippocampus_*.nii.gz; expected the Decathlon Task04_Hippocampus "
+                         "layout (imagesTr/ and labelsTr/)")
     tmp = folder.with_name(folder.name + ".partial")
     for sub in ("images", "masks"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
-    for image in sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz")):
+    for image in images:
         (tmp / "images" / image.name).symlink_to(image)
-        (tmp / "masks" / image.name).symlink_to(MSD / "labelsTr" / image.name)
+        (tmp / "masks" / image.name).symlink_to(msd / "labelsTr" / image.name)
     tmp.rename(folder)
     return folder
 
 
 def source_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs: Path) -> Path:
     py = sys.executable
-    links = link_msd(work / "links" / "msd")
+    links = link_msd(work / "links" / "msd", args.msd)
     step("convert source (Decathlon, labels 1, 2 -> 1)",
          [py, "-m", "nnunet_peft.cli", "convert", "paired", str(links), "-d", str(SOURCE_ID), "-n", "MSDHippocampus",
           "--labels", ">0->1", "--label-names", "hippocampus", "--channel-name", "MRI", "-q"], env, logs)
@@ -369,39 +376,61 @@ def environment(work: Path) -> dict[str, str]:
     return env
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default.
+
+    An option whose default is None (required, or worked out at run time) says what it means in
+    its own help, where "(default: None)" would say nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="work folder (created; a rerun resumes)")
-    p.add_argument("--phase", choices=("source", "sweep", "final", "curve"), required=True)
+    p.add_argument("--phase", choices=("source", "sweep", "final", "curve"), required=True,
+                   help="the phase to run (above); each runs the source phase first, skipped once done")
     p.add_argument("--base-features", type=int, default=16,
                    help="width of the U-Net's first stage (nnU-Net plans 32; 16 makes a CPU iteration ~3.5x cheaper)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size (nnU-Net plans 9 for these crops)")
-    p.add_argument("--source-epochs", type=int, default=60)
-    p.add_argument("--source-iterations", type=int, default=20)
-    p.add_argument("--lpba40", type=Path, default=LPBA40, help="LPBA40 folder with images/ and labels/")
+    p.add_argument("--source-epochs", type=int, default=60, help="pretraining epochs")
+    p.add_argument("--source-iterations", type=int, default=20, help="pretraining iterations per epoch")
+    p.add_argument("--msd", type=Path, default=MSD,
+                   help="Decathlon hippocampus folder (Task04 layout: imagesTr/ and labelsTr/), the source")
+    p.add_argument("--lpba40", type=Path, default=LPBA40, help="LPBA40 folder with images/ and labels/, the target")
     p.add_argument("--train-subjects", nargs="+", metavar="SNN",
                    help=f"target training subjects (default: {N_TRAIN_SUBJECTS} drawn with --seed)")
     p.add_argument("--test-subjects", nargs="+", metavar="SNN", help="test subjects (default: all others)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject split and the learning-curve folds")
     p.add_argument("--crop-margin", type=float, default=8.0, help="mm around each hippocampus")
     p.add_argument("--epochs", type=int, default=15, help="target epochs")
     p.add_argument("--iterations", type=int, default=20, help="target iterations per epoch")
     p.add_argument("--adapter-lr", metavar="LR",
-                   help="the sweep's chosen CP-LoRA rate (e.g. 0p03): runs the rank sweep at that rate")
+                   help="the sweep's chosen CP-LoRA rate (e.g. 0p03): runs the rank sweep at that rate (default: none, "
+                        "the learning-rate sweep alone)")
     p.add_argument("--best", nargs="+", metavar="METHOD",
                    help="final/curve: the adapter methods (e.g. CPLoRA LoRAC) that validation ranked first, or 'auto' "
                         "for the best by the final phase's fold-0 validation Dice and the best under 5%% of "
-                        "Finetune's trainable parameters")
-    p.add_argument("--device", default="cpu")
+                        "Finetune's trainable parameters (default: none; final then skips the three-fold repeat "
+                        "of the best, curve needs it)")
+    p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda or mps)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    for folder in (MSD, LPBA40):
-        if not folder.is_dir():
-            print(f"skipped: {folder} is absent (the shared data live in ../shared/data beside the checkout)")
+    for flag, folder, default in (("--msd", args.msd, MSD), ("--lpba40", args.lpba40, LPBA40)):
+        if folder.is_dir():
+            continue
+        if folder == default:
+            print(f"skipped: {folder} is absent (the shared data live in ../shared/data beside the checkout; "
+                  f"or give {flag})")
             return 0
+        raise SystemExit(f"{flag} {folder} is not a folder")
     work = args.work.resolve()
     env = environment(work)
     logs = work / "logs"

@@ -2,6 +2,7 @@
 import argparse
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,33 @@ def test_best_auto_is_the_best_adapter_and_the_best_under_5_percent_on_fold_0_va
     assert script.best_adapters(work, ["LoRAC"]) == ["LoRAC"]
     with pytest.raises(SystemExit, match="phase final"):
         script.best_adapters(tmp_path / "elsewhere", ["auto"])
+
+
+def test_help_shows_the_defaults(script, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # a long default path is not wrapped
+    text = script.parser().format_help()
+    # each option's entry (its help may start on the next line), whitespace collapsed
+    entries = {" ".join(e.split()).split()[0]: " ".join(e.split()) for e in re.split(r"\n(?=  -)", text)}
+    assert "(default: 16)" in entries["--base-features"] and "(default: 0)" in entries["--seed"]
+    assert f"(default: {script.MSD})" in entries["--msd"] and f"(default: {script.LPBA40})" in entries["--lpba40"]
+    assert "(default: None)" not in text  # an unset option says in words what it means
+    assert "    sweep   learning rate and rank" in text  # the docstring's layout is kept
+
+
+def test_msd_is_an_option_used_for_the_source(script, tmp_path):
+    assert script.parser().parse_args(["--work", "w", "--phase", "source"]).msd == script.MSD
+    msd = tmp_path / "Task04_Hippocampus"
+    for sub in ("imagesTr", "labelsTr"):
+        (msd / sub).mkdir(parents=True)
+        (msd / sub / "hippocampus_001.nii.gz").write_bytes(sub.encode())
+    args = script.parser().parse_args(["--work", str(tmp_path / "w"), "--phase", "source", "--msd", str(msd)])
+    assert args.msd == msd
+    links = script.link_msd(tmp_path / "links" / "msd", args.msd)
+    assert (links / "images" / "hippocampus_001.nii.gz").read_bytes() == b"imagesTr"
+    assert (links / "masks" / "hippocampus_001.nii.gz").read_bytes() == b"labelsTr"
+    with pytest.raises(SystemExit, match="no imagesTr/hippocampus_"):
+        script.link_msd(tmp_path / "links" / "other", tmp_path)
+    # a folder given explicitly must exist: an error, not the skip meant for absent shared data
+    with pytest.raises(SystemExit, match="--msd .*missing is not a folder"):
+        script.main(["--work", str(tmp_path / "w"), "--phase", "source", "--msd", str(tmp_path / "missing")])
+    assert not (tmp_path / "w").exists()
