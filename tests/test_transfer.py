@@ -318,6 +318,26 @@ def test_trainer_adapts_channels_and_classes_and_writes_the_load_report(tmp_path
     static.load_state_dict(network.state_dict())
 
 
+def test_channel_names_match_whatever_their_case():
+    # a BraTS checkpoint spells it FLAIR, many targets Flair: the same channel, as class names are
+    assert match_channels(["T1", "T1Gd", "T2", "FLAIR"], ["Flair"], 4) == ([3], "by name")
+    assert match_channels(["FLAIR", "T1"], ["t1", "Flair", "ADC"], 2) == ([1, 0, None], "by name")
+
+
+def test_trainer_gives_a_target_flair_the_checkpoints_flair_kernel(tmp_path, monkeypatch):
+    one = NetSpec("plain", 3, 1, 3)
+    plans = tiny_plans(one)
+    source = pretrained_network(one, seed=1)
+    ckpt = save_checkpoint(tmp_path / "src.pth", source, dataset_json(["background", "a", "b"], ["FLAIR"]), plans)
+    target_json = dataset_json(["background", "a", "b"], channels=["T1", "Flair"])
+    trainer = start_trainer("nnUNetTrainerLoRAC_r2_chzero_1ep_1it", ckpt, target_json, tmp_path, monkeypatch, plans)
+    first = input_convolution(trainer.network).weight
+    torch.testing.assert_close(first[:, 1], input_convolution(source).weight[:, 0])
+    assert first[:, 0].abs().sum() == 0  # T1 is new: zero
+    report = json.loads((Path(trainer.output_folder) / "load_report.json").read_text(encoding="utf-8"))
+    assert report["input_channels"]["sources"] == [None, 0]
+
+
 def test_trainer_refuses_other_channels_without_a_token(tmp_path, monkeypatch):
     plans = tiny_plans(SPEC)
     ckpt = save_checkpoint(tmp_path / "src.pth", pretrained_network(SPEC, seed=1), SOURCE_JSON, plans)
