@@ -188,7 +188,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base: bool = False,
-                 base_name: str | None = None) -> nn.Module:
+                 base_name: str | None = None, name: str | None = None) -> nn.Module:
     """Inject the saved adapters into ``network`` (which must hold the pretrained base) and load them.
 
     The base fingerprint of ``network`` must equal the one recorded when the adapter was saved;
@@ -196,10 +196,19 @@ def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base:
     ``allow_other_base=True`` it loads anyway and warns (``BaseFingerprintWarning``). An adapter
     saved before fingerprints were recorded loads with a warning that its base cannot be checked.
     ``base_name`` (e.g. the checkpoint path) names the base in those messages.
+
+    ``name`` registers it as a named adapter beside the network's others and makes it active
+    (``nnunet_peft.named_adapters``): its heads may then have another class count than the base's,
+    and its plans (``plans.json`` beside it) must preprocess and build as the base's
+    (``PlansMismatchError`` names each difference).
     """
     directory = Path(directory)
     record = read_adapter_config(directory)
     config = PeftConfig.from_dict(record["peft_config"])
+    if name is not None:
+        from nnunet_peft.named_adapters import load_named_adapter  # it imports this module
+
+        return load_named_adapter(network, directory, record, config, name, allow_other_base, base_name)
     if get_config(network) is not None and get_config(network) != config:
         raise ValueError(f"the network holds adapters {get_config(network)} but {directory} holds {config}")
     weights = directory / WEIGHTS_NAME

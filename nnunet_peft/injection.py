@@ -38,7 +38,8 @@ def get_config(network: nn.Module) -> PeftConfig | None:
     return getattr(network, CONFIG_ATTR, None)
 
 
-def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True) -> nn.Module:
+def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True,
+                    name: str | None = None) -> nn.Module:
     """Wrap the placed convolutions and Linear layers of ``network`` in adapters of ``config.method``, in place.
 
     Everything is frozen except the adapters, the segmentation heads (which every method trains) and the
@@ -46,9 +47,14 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     Adapters that derive from the kernels (DoRA magnitudes, SVD / t-SVD / CUR parts) are computed from
     the weights the network holds now, so load the pretrained weights first. ``init_weights=False``
     only allocates the adapter tensors (for loading a saved state, where computing them is wasted).
+    ``name`` registers the adapter under that name beside the network's other named adapters and makes
+    it the active one (``nnunet_peft.named_adapters``); without one it is ``"default"``.
     """
+    from nnunet_peft.named_adapters import prepare_injection, register_injected  # it imports this module
+
     if not isinstance(config, PeftConfig):
         raise ValueError(f"config must be a PeftConfig, got {type(config).__name__}")
+    prepare_injection(network, name)
     if get_config(network) is not None or adapter_layers(network):
         raise ValueError("the network already holds adapters; build a fresh network (or merge_adapters first)")
     targets = target_modules(network, config.placement)
@@ -74,6 +80,7 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     set_trainable(network, adapters=True, heads=True, placement=config.train_fully,
                   input_conv=config.train_input_conv)
     object.__setattr__(network, CONFIG_ATTR, config)  # plain attribute: not a module, not in the state dict
+    register_injected(network, name)
     return network
 
 
@@ -154,6 +161,8 @@ def merge_adapters(network: nn.Module) -> nn.Module:
     freshly built one. All parameters are trainable again, as in a stock network. HyPS cannot be
     folded (its serial adapter is a function of the activations) and raises a ValueError.
     """
+    from nnunet_peft.named_adapters import forget_adapters
+
     config = get_config(network)
     layers = adapter_layers(network)
     if config is None and not layers:
@@ -163,6 +172,7 @@ def merge_adapters(network: nn.Module) -> nn.Module:
             f"{config.method} cannot be merged into a stock network: its serial adapter acts on the "
             "activations, not on a kernel. Keep the adapted network (the plugin's trainer predicts with it)."
         )
+    forget_adapters(network)
     for layer in layers:
         base = layer.base_layer
         base.weight.copy_(layer.from_conv_layout(layer.adapted_weight()).to(base.weight.dtype))
