@@ -352,8 +352,9 @@ def test_plan_from_checkpoint_keeps_a_unetr_checkpoints_patch_size_and_names_its
     assert log[-1].strip().endswith(f"-tr nnUNetTrainerCPLoRA_unetr -pretrained_weights {tmp_path / 'ckpt.pth'}")
 
 
-def test_the_readmes_unetr_parameter_table_is_what_the_code_builds():
-    """The table is the output of scripts/backbone_parameters.py; regenerate it when a method changes."""
+def test_the_docs_unetr_parameter_table_is_what_the_code_builds():
+    """The table in docs/transformer_backbones.md is the output of scripts/backbone_parameters.py; regenerate
+    it when a method changes."""
     import importlib.util
     from pathlib import Path
 
@@ -362,8 +363,8 @@ def test_the_readmes_unetr_parameter_table_is_what_the_code_builds():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     expected = script.markdown(script.parameter_rows("unetr", (96, 96, 96), in_channels=1, classes=3, rank=8))
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    assert expected in readme
+    page = (root / "docs" / "transformer_backbones.md").read_text(encoding="utf-8")
+    assert expected in page
     rows = dict(line.split(" | ")[:2] for line in expected.splitlines())
     assert rows["| SegHead"] == "51"  # 16 features x 3 classes + 3 biases: the head alone
 
