@@ -440,8 +440,9 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
                          log: Callable[[str], None] = print) -> Path:
     """Write ``nnUNet_preprocessed/<target>/<plans_name>.json`` from ``checkpoint`` and preprocess the target.
 
-    ``configuration`` defaults to the one the checkpoint was trained with, which is also the only
-    one whose architecture matches its weights. Folders default to the nnU-Net environment variables.
+    ``configuration`` defaults to the one the checkpoint was trained as (its ``init_args['configuration']``);
+    another configuration of its plans is planned with a warning, and only if the checkpoint's weights
+    fit its network (``check_weights_fit``). Folders default to the nnU-Net environment variables.
     An existing plans file of that name is replaced when it was made from the same checkpoint with the
     same settings (a rerun), otherwise only with ``overwrite``.
     Returns the plans file; ``log`` receives the report, ending with the ``nnUNetv2_train`` command.
@@ -579,8 +580,9 @@ def add_parser(subparsers) -> None:
                    "(required; the old spelling '-c CHECKPOINT' still works, with a deprecation message, until "
                    "0.2.0)")
     p.add_argument("-c", "--configuration", default=None,
-                   help="configuration to plan, as in nnU-Net (default, and the only one whose network fits the "
-                   "weights: the one the checkpoint was trained with)")
+                   help="configuration to plan, as in nnU-Net (default: the one the checkpoint was trained as, "
+                   "recorded in it as init_args['configuration']). Another configuration of the checkpoint's plans "
+                   "is planned with a warning, and only if the checkpoint's weights fit its network")
     p.add_argument("-p", "--plans-name", default=DEFAULT_PLANS_NAME,
                    help=f"name of the plans to write; pass it to nnUNetv2_train -p (default: {DEFAULT_PLANS_NAME})")
     p.add_argument("--intensity-properties", choices=INTENSITY_SOURCES, default="source",

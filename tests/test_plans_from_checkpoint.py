@@ -288,6 +288,32 @@ def test_target_planned_from_a_transposed_checkpoint_keeps_its_axes_and_loads(tm
     assert weights["decoder.transpconvs.1.weight"].shape == network.decoder.transpconvs[1].weight.shape
 
 
+def test_the_default_configuration_is_the_one_the_checkpoint_records(tmp_path, monkeypatch):
+    """Not nnU-Net's 3d_fullres: the checkpoint's own init_args['configuration'], as -c's help says."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    _target_with_images(raw, 1)
+    ckpt = _save_checkpoint(tmp_path / "ckpt.pth", SOURCE_PLANS, SOURCE_JSON, configuration="3d_fullres_bs4")
+    seen, log = {}, []
+    monkeypatch.setattr(pfc, "_run_nnunet", _fake_nnunet(TARGET_FINGERPRINT, seen))
+    plans = json.loads(pfc.plan_from_checkpoint(902, ckpt, num_processes=1, raw_folder=raw, preprocessed_folder=pre,
+                                                log=log.append).read_text(encoding="utf-8"))
+    assert list(plans["configurations"]) == ["3d_fullres_bs4"] and seen["args"][5] == "3d_fullres_bs4"
+    assert plans["configurations"]["3d_fullres_bs4"]["batch_size"] == 4 and not any("trained as" in n for n in log)
+    assert log[-1].split("nnUNetv2_train 902 ")[1].startswith("3d_fullres_bs4 0 ")
+    # another configuration whose network the weights fit: planned, with a warning
+    log.clear()
+    plans = json.loads(pfc.plan_from_checkpoint(902, ckpt, configuration="3d_lowres", num_processes=1,
+                                                raw_folder=raw, preprocessed_folder=pre, overwrite=True,
+                                                log=log.append).read_text(encoding="utf-8"))
+    assert list(plans["configurations"]) == ["3d_lowres"]
+    assert any("WARNING: the checkpoint was trained as '3d_fullres_bs4'" in n for n in log)
+    parser = argparse.ArgumentParser()
+    pfc.add_parser(parser.add_subparsers())
+    action = next(a for sub in parser._subparsers._group_actions for p in sub.choices.values()
+                  for a in p._actions if "--configuration" in a.option_strings)
+    assert "default: the one the checkpoint was trained as, recorded in it as init_args['configuration']" in action.help
+
+
 def test_cli_reports_a_bad_target_as_a_clean_error(tmp_path, monkeypatch, capsys):
     raw = tmp_path / "raw"
     _raw_target_json(raw, {"labels": {"background": 0}})
