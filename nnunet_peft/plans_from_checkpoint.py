@@ -162,8 +162,8 @@ def check_compatibility(source_dataset_json: dict[str, Any], target_dataset_json
             f"channel count differs: checkpoint {checkpoint} was trained on {len(source_channels)} input channel(s) "
             f"{source_channels}, target {target_dataset_json_path} has {len(target_channels)} {target_channels}. "
             f"Train with a trainer name ending in _chzero, _chrepeat or _chcopy<i> (how the first convolution is "
-            f"rebuilt; README, \"Starting from a pretrained model\"). Each target channel is normalised as the "
-            f"checkpoint channel of the same name, or as nnU-Net plans a new channel.")
+            f"rebuilt; docs/pretrained_checkpoints.md, \"Other input channels\"). Each target channel is normalised "
+            f"as the checkpoint channel of the same name, or as nnU-Net plans a new channel.")
         source_channels = {}  # no per-position comparison
     for key in sorted(source_channels, key=int):
         source_name, target_name = source_channels[key], target_channels.get(key)

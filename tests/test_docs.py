@@ -257,7 +257,7 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
 def test_github_anchor_rule():
     assert github_anchor("Inside nnU-Net's trainer") == "inside-nnu-nets-trainer"
     assert github_anchor("`auto`: the fastest mode per layer shape") == "auto-the-fastest-mode-per-layer-shape"
-    assert github_anchor("4. The DoRA variants: DoRA-C, convDoRA, CP-DoRA") == "4-the-dora-variants-dora-c-convdora-cp-dora"
+    assert github_anchor("4. The DoRA variants: DoRA-C, convDoRA") == "4-the-dora-variants-dora-c-convdora"
     assert github_anchor("The Multiview network (SAH laboratory)") == "the-multiview-network-sah-laboratory"
     assert github_anchor("Using `train_fully`") == "using-train_fully"
 

@@ -73,7 +73,7 @@ def test_each_view_has_its_transpose_and_only_a_2d_configuration(thick_ct, view)
 
 
 def test_thick_slices_stay_thick_in_plane_for_coronal_and_sagittal(thick_ct):
-    """What README "Multi-view 2-D" states: nnU-Net keeps z at 5 mm (no isotropic resampling), pools the
+    """What docs/multiview.md ("Thick slices") states: nnU-Net keeps z at 5 mm (no isotropic resampling), pools the
     fine axis first with 1-wide kernels along z, and its patch covers every slice."""
     axial = thick_ct["plans"]["axial", "unet"]["configurations"]["2d"]
     assert axial["spacing"] == [0.8, 0.8]

@@ -182,8 +182,8 @@ def add_parser(subparsers) -> None:
                    "nnUNetv2_predict build it with any trainer")
     p.add_argument("--target-spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
                    help="overrides nnU-Net's target spacing (array order, mm), e.g. to resample thick slices "
-                   "finer for the coronal and sagittal views (default: nnU-Net's own choice; README, "
-                   "'Multi-view 2-D')")
+                   "finer for the coronal and sagittal views (default: nnU-Net's own choice; docs/multiview.md, "
+                   "'Thick slices')")
     p.add_argument("--checkpoints", nargs="+", metavar="CKPT",
                    help="plan a target from source checkpoints, one per view (their view is read from their plans)")
     p.add_argument("--plans-prefix", default=PRETRAINED_PREFIX,
