@@ -30,7 +30,7 @@ class MethodSpec:
 
 
 # Every method with a choice of forward modes defaults to "auto": scripts/benchmark_adapters.py on a 2-core
-# CPU (README, "Speed and memory"; docs/benchmarks/unet_cpu_48.md) found each mode fastest for some layer
+# CPU (docs/results/speed_and_memory.md; docs/benchmarks/unet_cpu_48.md) found each mode fastest for some layer
 # shapes of a 3d_fullres U-Net (reconstruct at full resolution, the chain at the coarse stages, projected in
 # between), and the per-layer choice faster than any one mode for every method. The untuned modes are the
 # fixed ones that did best over ranks 8 and 32 there, in time and in memory.

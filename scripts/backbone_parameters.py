@@ -1,4 +1,4 @@
-r"""Trainable parameters of every method on a transformer backbone, as the README's table lists them.
+r"""Trainable parameters of every method on a transformer backbone, as docs/transformer_backbones.md lists them.
 
     python scripts/backbone_parameters.py                     # UNETR as in the LoRA-PT paper, rank 8
     python scripts/backbone_parameters.py --backbone swinunetr --patch 96 96 96 --in-channels 4
@@ -18,7 +18,7 @@ from nnunet_peft.config import METHODS, PeftConfig
 from nnunet_peft.injection import configure_finetuning, inject_adapters
 from nnunet_peft.summary import count_parameters
 
-# README order: the trainer-name method tokens
+# the docs' order: the trainer-name method tokens
 METHOD_NAMES = {"lora_c": "LoRAC", "conv_lora": "ConvLoRA", "cp_lora": "CPLoRA", "dora_c": "DoRAC",
                 "conv_dora": "ConvDoRA", "cp_dora": "CPDoRA", "lora_pt": "LoRAPT", "tcur_lora": "TCURLoRA",
                 "hyps": "HyPS"}

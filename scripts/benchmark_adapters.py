@@ -27,7 +27,7 @@ device, dtype / AMP) so that a table never travels without it. Usage::
     python scripts/benchmark_adapters.py --out benchmark.md                   # CPU: 5 stages, 2 x 64^3
     python scripts/benchmark_adapters.py --device cuda --out benchmark.md     # CUDA: AMP, 6 stages, 2 x 128^3
     python scripts/benchmark_adapters.py --stages 5 --patch 48 --ranks 8 32 --placements all decoder \\
-        --warmup 3 --repeats 7 --per-layer --out table.md                      # the README's table
+        --warmup 3 --repeats 7 --per-layer --out table.md                      # docs/results/speed_and_memory.md
     python scripts/benchmark_adapters.py --network unetr --device cuda --patch 96 --modes default \\
         --ranks 8 --warmup 3 --repeats 7 --out unetr.md                        # UNETR of the LoRA-PT paper
 """

@@ -49,7 +49,7 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
 
     nnU-Net calls ``network.train()`` every epoch, which would let a BatchNorm update its running
     mean and variance from the target's batches even when everything else is frozen: the base would
-    drift, its fingerprint (README, "Sharing") would no longer match the checkpoint's, and an
+    drift, its fingerprint (docs/sharing.md) would no longer match the checkpoint's, and an
     exported adapter would predict differently on the receiver's copy of the checkpoint. A layer
     whose weight does not require a gradient therefore normalises with its stored statistics in
     training too (as in evaluation) and leaves them untouched; a trainable one (full fine-tuning,

@@ -27,12 +27,12 @@ ADAPTER_METHODS = {
 BASELINES = {"Finetune": "finetune", "SegHead": "seg_head", "NoFinetune": "none"}
 METHOD_TOKENS = tuple(sorted([*ADAPTER_METHODS, *BASELINES], key=len, reverse=True))  # longest match first
 
-# Defaults for plain names, chosen for fine-tuning on tens of cases (README, "Defaults"):
+# Defaults for plain names, chosen for fine-tuning on tens of cases (docs/trainer_names.md, "Defaults"):
 DEFAULT_RANK = 8
 DEFAULT_EPOCHS = 250
 DEFAULT_ITERATIONS = 250
 # Initial learning rate of nnU-Net's SGD (Nesterov momentum 0.99, poly decay), per family of methods,
-# from the LPBA40 sweep on validation folds (README, "Real data"): Finetune best at nnU-Net's 1e-2
+# from the LPBA40 sweep on validation folds (docs/results/lpba40.md): Finetune best at nnU-Net's 1e-2
 # (of 1e-3, 3e-3, 1e-2); LoRA-C and CP-LoRA best at 3e-2 (of 1e-2, 3e-2, 1e-1): a zero-initialised
 # low-rank update needs larger steps to move as far as full weights do.
 DEFAULT_LEARNING_RATES = {"adapter": 3e-2, "finetune": 1e-2}
