@@ -3,8 +3,8 @@
 The chain, reconstruct and projected modes compute the same function and gradients; which one is
 fastest depends on the layer (``r / Cout``, resolution, kernel) and on the device
 (docs/results/speed_and_memory.md). Like cuDNN's benchmark mode, the choice is measured where the
-training runs, once, before the first step: every distinct layer shape (layer type, weights, geometry, input shape) is timed
-alone in each of its method's modes, forward and backward as in training (the adapter's gradients,
+training runs, once, before the first step: every distinct layer shape (layer type, weights, geometry,
+input shape) is timed alone in each of its method's modes, forward and backward as in training (the adapter's gradients,
 and the input gradient that every layer but the network's first passes on), and every layer of that
 shape takes the fastest. Inputs are random tensors of the recorded shapes, one shape at a time, so
 the search needs no more memory than one layer's training step.
