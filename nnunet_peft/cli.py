@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "nnunet_peft.demo.command",
     "nnunet_peft.evaluation.command",
     "nnunet_peft.volumetry.command",
+    "nnunet_peft.serving.command",
 )
 
 

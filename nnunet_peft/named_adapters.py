@@ -438,3 +438,20 @@ def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str,
         raise
     adapter.record, adapter.source = dict(record), directory
     return network
+
+
+def move_adapters(network: nn.Module, device: torch.device | str) -> nn.Module:
+    """``network.to(device)``, and every registered adapter and the base's own tensors with it (those not
+    active are outside the network). Parameters keep their identity (``.data`` moves)."""
+    network.to(device)
+    reg = _registry(network)
+    if reg is None:
+        return network
+    for adapter in reg.adapters.values():
+        for layer in adapter.layers:
+            layer.to(device)  # its base layer is the network's, already there
+        if adapter.groups is not None:
+            adapter.groups.to(device)
+    for tensor in [*reg.base.values(), *(t for a in reg.adapters.values() for t in a.owned.values())]:
+        tensor.data = tensor.data.to(device)
+    return network

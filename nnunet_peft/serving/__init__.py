@@ -1,0 +1,1 @@
+"""Serving several adapters from one frozen base: ``nnunet-peft predict`` (docs/serving_many_adapters.md)."""
