@@ -162,9 +162,14 @@ def _activate(network: nn.Module, reg: _Registry, name: str) -> None:
 
 
 # --------------------------------------------------------------------------------- the public API
-def set_adapter(network: nn.Module, name: str) -> nn.Module:
-    """Make ``name`` the adapter ``network`` computes with (the others stay registered); returns ``network``."""
+def set_adapter(network: nn.Module, name: str | None) -> nn.Module:
+    """Make ``name`` the adapter ``network`` computes with (the others stay registered); returns ``network``.
+    ``None``: the base alone until another is set (``disable_adapters`` does it for a block)."""
     reg = _registry(network)
+    if name is None:
+        if reg is not None:
+            _deactivate(network, reg)
+        return network
     if reg is None or name not in reg.adapters:
         raise ValueError(f"no adapter named {name!r} on this network; it holds {adapter_names(network)} "
                          "(inject_adapters / load_adapter with name=... registers one)")

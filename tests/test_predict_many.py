@@ -135,6 +135,8 @@ def served(tmp_path_factory):
         "siteA": adapter_export(root, "siteA", "nnUNetTrainerCPLoRA_r2_a4", DATASET_JSON["labels"], folds=(0, 1)),
         "tumour": adapter_export(root, "tumour", "nnUNetTrainerLoRAC_dec_r2", TWO_CLASSES, seed=7),
         "organs": adapter_export(root, "organs", "nnUNetTrainerLoRAPT_r2", FOUR_CLASSES, seed=11),
+        "lesions": adapter_export(root, "lesions", "nnUNetTrainerHyPS_dec_r2", {"background": 0, "lesion": 1}, seed=13),
+        "bndec": adapter_export(root, "bndec", "nnUNetTrainerCPLoRA_bn_dec_r2", FOUR_CLASSES, folds=(0, 1), seed=17),
     }
     return root, base, adapters, images(root / "images")
 
@@ -149,7 +151,7 @@ def test_each_subfolder_is_what_apply_adapter_and_nnunet_predict_write(served, t
     code, out, err = predict(["-i", inputs, "-o", tmp_path / "out", "--checkpoint", base, "-a", *adapters.values(),
                               "--base", "-device", "cpu", "--save_probabilities", "--disable_tta"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["base", "organs", "siteA", "tumour"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["base", *adapters])
     for name, folder in adapters.items():
         applied = apply_adapter(folder, base, tmp_path / f"applied_{name}")
         theirs = reference(applied, inputs, tmp_path / f"reference_{name}", mirroring=False)
@@ -252,3 +254,32 @@ def test_adapters_of_another_base_or_other_plans_are_refused(served, tmp_path, c
     code, _, err = predict(["-i", inputs, "-o", tmp_path / "out", "--checkpoint", base, "-a", adapters["tumour"],
                             adapters["tumour"], "-device", "cpu"], capsys)
     assert code == 2 and "tumour" in err and "twice" in err
+
+
+def test_encoder_stages_no_adapter_changes_run_once_and_predict_the_same(served, tmp_path, capsys, monkeypatch):
+    from nnunet_peft.named_adapters import load_base
+    from nnunet_peft.serving.shared import shared_stages
+    from nnunet_peft.serving.tasks import load_tasks
+
+    root, base, adapters, inputs = served
+    network, tasks, _ = load_tasks(base, [adapters[n] for n in ("tumour", "lesions", "bndec", "siteA")], base=True)
+    runs = {t.name: t.adapters for t in tasks}
+    assert [shared_stages(network, runs[n]) for n in ("base", "tumour", "lesions", "bndec", "siteA")] == [4, 4, 4, 3, 0]
+    assert shared_stages(network, runs["tumour"] + runs["bndec"] + runs["base"]) == 3
+    assert shared_stages(load_base(base), [None]) == 4
+
+    one_case = tmp_path / "one_case"
+    one_case.mkdir()
+    for channel in range(SPEC.in_channels):
+        (one_case / f"case0_{channel:04d}.nii.gz").symlink_to(inputs / f"case0_{channel:04d}.nii.gz")
+    common = ["-i", one_case, "--checkpoint", base, "--base", "-a", adapters["tumour"], adapters["lesions"],
+              adapters["bndec"], "-device", "cpu", "--save_probabilities"]  # mirroring on: every flipped copy shares
+    code, _, err = predict([*common, "-o", tmp_path / "shared"], capsys)
+    assert code == 0 and "the first 3 of 4 encoder stages" in err, err
+    code, _, err = predict([*common, "-o", tmp_path / "separate", "--no_shared_encoder"], capsys)
+    assert code == 0 and "shared encoder" not in err, err
+    for task in ("base", "tumour", "lesions", "bndec"):
+        assert_same_predictions(tmp_path / "shared" / task, tmp_path / "separate" / task, ["case0"])
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
+    applied = apply_adapter(adapters["bndec"], base, tmp_path / "applied")
+    assert_same_predictions(tmp_path / "shared" / "bndec", reference(applied, one_case, tmp_path / "ref"), ["case0"])

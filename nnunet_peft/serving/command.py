@@ -21,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
             combine=args.combine, folds=folds, device=args.device, use_mirroring=not args.disable_tta,
             step_size=args.step_size, save_probabilities=args.save_probabilities,
             allow_other_base=args.allow_other_base, overwrite=args.overwrite,
+            shared_encoder=not args.no_shared_encoder,
             log=lambda text: print(f"nnunet-peft predict: {text}", file=sys.stderr))
     finally:
         torch.set_num_threads(threads)
@@ -57,4 +58,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-other-base", action="store_true",
                    help="load adapters trained on another base anyway (warns; as apply-adapter)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--no_shared_encoder", action="store_true",
+                   help="run the whole network for every task even where no adapter changes the first encoder "
+                   "stages (by default those run once per patch for all tasks; the output is the same)")
     p.set_defaults(func=_run)

@@ -26,6 +26,7 @@ from torch import nn
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.named_adapters import disable_adapters, move_adapters, set_adapter
 from nnunet_peft.serving.combine import CombinedLabels, combine_case
+from nnunet_peft.serving.shared import SharedEncoderPredictor, shared_stages
 from nnunet_peft.serving.tasks import COMBINED_FOLDER, Task, load_tasks
 
 
@@ -129,12 +130,14 @@ def _device(name: str) -> torch.device:
 def predict_many(images: Path, out: Path, checkpoint: Path, adapters: Sequence[Path], base: bool = False,
                  combine: bool = False, folds: Sequence[str] | None = None, device: str = "cuda",
                  use_mirroring: bool = True, step_size: float = 0.5, save_probabilities: bool = False,
-                 allow_other_base: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
+                 allow_other_base: bool = False, overwrite: bool = False, shared_encoder: bool = True,
+                 log=print) -> dict[str, Any]:
     """Predict every case of ``images`` with every adapter (and the base with ``base``) into ``out``.
 
     ``out/<adapter folder name>/`` per adapter, ``out/base/`` with ``base``, and with ``combine``
     ``out/combined/`` (one label map per case holding every task's classes, ``labels.json`` beside it;
-    ``nnunet_peft.serving.combine``). Returns timings and what was written.
+    ``nnunet_peft.serving.combine``). With ``shared_encoder``, the encoder stages no adapter changes run
+    once per patch for every task (``nnunet_peft.serving.shared``). Returns timings and what was written.
     """
     if not 0 < step_size <= 1:
         raise ValueError(f"-step_size must be in (0, 1], got {step_size}")
@@ -153,6 +156,17 @@ def predict_many(images: Path, out: Path, checkpoint: Path, adapters: Sequence[P
     move_adapters(network, torch_device)
     network.eval()
     predictors = [task_predictor(network, task, torch_device, step_size, use_mirroring) for task in tasks]
+    runs = [a for t in tasks for a in t.adapters]
+    n_shared = shared_stages(network, runs) if shared_encoder and len(runs) > 1 else 0
+    sharer = None
+    if n_shared and SharedEncoderPredictor.can_share(predictors):
+        sharer = SharedEncoderPredictor(network, predictors, n_shared)
+        log(f"shared encoder: no adapter changes the first {n_shared} of {len(network.encoder.stages)} encoder stages; "
+            f"they run once per patch for all {len(runs)} task folds")
+    elif shared_encoder and len(runs) > 1:
+        n_shared = 0
+        log("shared encoder: none (an adapter changes the first encoder stage, the tasks mirror differently, or the "
+            "network is not one of nnU-Net's U-Nets); each task runs the whole network")
     pm = reference.plans_manager
     cm = pm.get_configuration(reference.configuration)
     loaded = time.perf_counter()
@@ -170,9 +184,12 @@ def predict_many(images: Path, out: Path, checkpoint: Path, adapters: Sequence[P
         for case, files in cases:
             data, _, properties = preprocessor.run_case(files, None, pm, cm, reference.dataset_json)
             data = torch.from_numpy(data)
+            if sharer is not None:
+                every_logits = sharer.predict(data)
+            else:
+                every_logits = [p.predict_logits_from_preprocessed_data(data).cpu() for p in predictors]
             results = []
-            for task, predictor in zip(tasks, predictors):
-                logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
+            for task, logits in zip(tasks, every_logits):
                 results.append(export(task, logits, properties, tmp / task.name / case, save_probabilities,
                                       want_probabilities=labels is not None))
             if labels is not None:
@@ -182,7 +199,7 @@ def predict_many(images: Path, out: Path, checkpoint: Path, adapters: Sequence[P
             log(f"{case}: done")
     finished = time.perf_counter()
     return {"cases": [c for c, _ in cases], "tasks": [t.name for t in tasks], "load_s": loaded - started,
-            "predict_s": finished - loaded}
+            "predict_s": finished - loaded, "shared_stages": n_shared}
 
 
 def configure_threads(device: str) -> None:
