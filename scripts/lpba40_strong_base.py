@@ -212,6 +212,19 @@ def grid_phase(args, env, work: Path, checkpoint: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- summary
+SEGMENTED = 0.3  # a base structure counts for forgetting when the base's validation Dice reaches this
+
+
+def segmented_structures(work: Path) -> list[str]:
+    """The base structures the base itself segments (validation Dice >= SEGMENTED on its own folds): a
+    structure the base never learned (a sliver at the crop's edge) has nothing to forget."""
+    summaries = sorted((work / "results" / BASE).glob("*/fold_0/validation/summary.json"))
+    if not summaries:
+        return list(OLD_STRUCTURES)
+    mean = json.loads(summaries[0].read_text(encoding="utf-8"))["mean"]
+    return [name for value, name in enumerate(OLD_STRUCTURES, 1) if mean.get(str(value), {}).get("Dice", 0) >= SEGMENTED]
+
+
 def base_old_task(work: Path) -> "pd.DataFrame":
     """The base's own Dice on its structures, per test case (its prediction has the same label values)."""
     import pandas as pd
@@ -237,10 +250,11 @@ def summarise(args: argparse.Namespace, work: Path) -> None:
     cases["draw"] = [f // len(SIZES) for f in cases["fold"]]
     cases["method"] = [m.split("_")[0] + ("_scratch" if "_scratch" in m else "_ftdec" if "_ftdec" in m else "")
                        for m in cases["method"]]
+    kept = segmented_structures(work)
     base = base_old_task(work)
-    base_old = base.groupby("case")["dice"].mean()
+    base_old = base[base["label"].isin(kept)].groupby("case")["dice"].mean()
     new = cases[cases["label"] == NEW_STRUCTURE]
-    old = cases[cases["label"].isin(OLD_STRUCTURES)]
+    old = cases[cases["label"].isin(kept)]
     # per run (method, size, draw): mean over the test crops
     per_case_old = old.groupby(["method", "size", "draw", "case"])["dice"].mean().rename("old").reset_index()
     per_case_old["forgetting"] = per_case_old["old"] - per_case_old["case"].map(base_old)
@@ -254,7 +268,11 @@ def summarise(args: argparse.Namespace, work: Path) -> None:
         forgetting=("forgetting", "mean"), forgetting_sd=("forgetting", "std")).reset_index()
     table.to_csv(work / "summary.csv", index=False)
     tests = paired_tests(per_case, runs)
-    lines = [f"Base on its own structures (test crops): Dice {base_old.mean():.3f} ± {base_old.std():.3f}", "",
+    per_structure = base.groupby("label")["dice"].mean()
+    lines = ["Base on its own structures (test crops, mean Dice): " + ", ".join(
+                 f"{name} {per_structure.get(name, float('nan')):.3f}" for name in OLD_STRUCTURES),
+             f"Forgetting is measured on the structures the base segments (validation Dice >= {SEGMENTED}): "
+             f"{', '.join(kept)}; the base scores {base_old.mean():.3f} ± {base_old.std():.3f} on them.", "",
              "| method | subjects | runs | hippocampus Dice (mean ± sd over runs) | base structures Dice | "
              "change vs base | vs Finetune: hippocampus over runs (t-test p) / over crops (Wilcoxon p) |",
              "|---|---:|---:|---|---:|---:|---|"]

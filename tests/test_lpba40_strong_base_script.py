@@ -1,6 +1,7 @@
 """The strong-base study's own logic: disjoint subject split, nested folds per draw, the summary (no training)."""
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,12 @@ def test_summary_measures_learning_on_the_new_class_and_forgetting_against_the_b
     assert table.loc[("Finetune", 2), "forgetting"] == pytest.approx(0.70 - 0.8)
     text = (tmp_path / "summary.md").read_text()
     assert "| CPLoRA | 1 | 2 |" in text and "-0.100" in text and (tmp_path / "gain_forgetting.png").is_file()
+
+
+def test_forgetting_counts_the_structures_the_base_segments(script, tmp_path):
+    assert script.segmented_structures(tmp_path) == list(script.OLD_STRUCTURES)  # no base yet: all of them
+    folder = tmp_path / "results" / script.BASE / "Trainer__Plans__3d_fullres" / "fold_0" / "validation"
+    folder.mkdir(parents=True)
+    dice = [0.73, 0.73, 0.47, 0.58, 0.07, 0.53, 0.0]
+    (folder / "summary.json").write_text(json.dumps({"mean": {str(i): {"Dice": d} for i, d in enumerate(dice, 1)}}))
+    assert script.segmented_structures(tmp_path) == [s for s, d in zip(script.OLD_STRUCTURES, dice) if d >= 0.3]
