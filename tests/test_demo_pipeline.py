@@ -117,6 +117,11 @@ def test_rerun_after_all_steps_only_prints_the_table(tmp_path):
         "trainer_name": rs.finetune_trainer("LoRAC"), "method": "LoRAC", "trainable_parameters": 12345,
         "total_parameters": 123450, "adapter_bytes": 49380, "mean_epoch_time_s": 1.0,
         "peak_gpu_memory_bytes": None}))
+    stock = rs.model_folder(pipeline.TARGET_NAME, rs.finetune_trainer("NoFinetune"), pipeline.TARGET_PLANS) / "fold_0"
+    stock.mkdir(parents=True)
+    (stock / "peft_summary.json").write_text(json.dumps({  # the stock network: what Finetune would train
+        "trainer_name": rs.finetune_trainer("NoFinetune"), "method": "NoFinetune", "trainable_parameters": 0,
+        "total_parameters": 100_000, "adapter_bytes": 0}))
     keys = ["generate_data", "plan_source", f"pretrain__{rs.pretrain_trainer}__{rs.source_plans}",
             f"plan_target__{rs.pretrain_trainer}__{rs.source_plans}"]
     for m in settings.methods:
@@ -131,8 +136,8 @@ def test_rerun_after_all_steps_only_prints_the_table(tmp_path):
     assert [r.method for r in results] == ["LoRAC", "NoFinetune"]
     assert results[0].dice == pytest.approx([2 / 3]) and results[1].dice == pytest.approx([1.0])
     table = "\n".join(lines)
-    assert "12,345 (10.0%)" in table and "48.2 KiB" in table and "1:15 min" in table
-    assert "| LoRAC | 0.667 | 12,345 (10.0%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "12,345 (12.3%)" in table and "48.2 KiB" in table and "1:15 min" in table
+    assert "| LoRAC | 0.667 | 12,345 (12.3%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000" in (tmp_path / "results.csv").read_text(encoding="utf-8")
 
 
@@ -140,12 +145,13 @@ def test_table_formatting():
     results = [MethodResult("CPLoRA", "t1", [0.5, 0.7], 30.0, {"trainable_parameters": 1000,
                                                               "total_parameters": 1_000_000,
                                                               "adapter_bytes": 5 * 1024 * 1024}),
-               MethodResult("Finetune", "t2", [float("nan"), 0.25], None, None)]
+               MethodResult("Finetune", "t2", [float("nan"), 0.25], None, {"trainable_parameters": 500_000})]
     lines = format_table(results).splitlines()
+    assert "(% of Finetune's)" in lines[0]
     assert lines[0].split()[:2] == ["method", "Dice"]
     assert set(lines[1]) <= {"-", " "}
-    assert "0.600 ± 0.141" in lines[2] and "1,000 (0.1%)" in lines[2] and "5.0 MiB" in lines[2] and "30 s" in lines[2]
-    assert "0.250" in lines[3] and lines[3].count("n/a") == 3
+    assert "0.600 ± 0.141" in lines[2] and "1,000 (0.2%)" in lines[2] and "5.0 MiB" in lines[2] and "30 s" in lines[2]
+    assert "0.250" in lines[3] and "500,000 (100.0%)" in lines[3] and lines[3].count("n/a") == 2
     assert len({len(line) for line in lines}) == 1  # aligned
     assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
 

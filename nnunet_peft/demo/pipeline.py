@@ -445,11 +445,20 @@ def dice_scores(reference_folder: Path, prediction_folder: Path) -> list[float]:
 
 # --------------------------------------------------------------------------- the table
 
-COLUMNS = ("method", "Dice", "trainable parameters", "adapter file", "training time")
+COLUMNS = ("method", "Dice", "trainable parameters (% of Finetune's)", "adapter file", "training time")
+
+
+def finetune_parameters(results: Sequence[MethodResult]) -> int | None:
+    """What Finetune trains, the one base of every percentage: its own count, else the stock network's
+    (NoFinetune's total, the network without adapters)."""
+    by_method = {r.method: r.summary or {} for r in results}
+    return by_method.get("Finetune", {}).get("trainable_parameters") or \
+        by_method.get("NoFinetune", {}).get("total_parameters")
 
 
 def table_rows(results: Sequence[MethodResult]) -> list[tuple[str, ...]]:
     rows = []
+    reference = finetune_parameters(results)
     for r in results:
         s = r.summary or {}
         dice = [d for d in r.dice if d == d]  # nnU-Net gives NaN when both masks are empty
@@ -459,9 +468,8 @@ def table_rows(results: Sequence[MethodResult]) -> list[tuple[str, ...]]:
             sd = (sum((d - mean) ** 2 for d in dice) / (len(dice) - 1)) ** 0.5
             dice_text += f" ± {sd:.3f}"
         trainable = s.get("trainable_parameters")
-        total = s.get("total_parameters")
         params_text = "n/a" if trainable is None else f"{trainable:,}" + (
-            f" ({100.0 * trainable / total:.1f}%)" if total else "")
+            f" ({100.0 * trainable / reference:.1f}%)" if reference else "")
         size = s.get("adapter_bytes")
         rows.append((r.method, dice_text, params_text, "n/a" if size is None else format_bytes(size),
                      "n/a" if r.train_seconds is None else _duration(r.train_seconds)))
