@@ -234,12 +234,14 @@ def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base:
 
 
 def check_base(network: nn.Module, directory: Path, record: Mapping[str, Any], carried: Iterable[str],
-               allow_other_base: bool = False, base_name: str | None = None) -> str | None:
+               allow_other_base: bool = False, base_name: str | None = None,
+               fingerprint: str | None = None) -> str | None:
     """Compare the base of ``network`` with the fingerprint ``record`` holds; raise, warn, or pass.
 
     ``carried``: the names of the tensors in the adapter file (excluded from the fingerprint, see
     ``base_state``); ``network`` may be stock or already hold these adapters. Returns the network's
-    base fingerprint (None when nothing was recorded to compare with).
+    base fingerprint (None when nothing was recorded to compare with). ``fingerprint``: the network's,
+    when the caller already has it (``base_fingerprint(network, carried)``).
     """
     base = f"the base {base_name}" if base_name else "the base weights in this network"
     recorded = record.get(FINGERPRINT_KEY)
@@ -248,7 +250,7 @@ def check_base(network: nn.Module, directory: Path, record: Mapping[str, Any], c
                       f"whether {base} is the one it was trained on cannot be checked; loading it anyway.",
                       BaseFingerprintWarning, stacklevel=3)
         return None
-    actual = base_fingerprint(network, carried=carried)
+    actual = fingerprint if fingerprint is not None else base_fingerprint(network, carried=carried)
     if recorded != actual:
         text = (f"the adapter {directory} was trained on a base with fingerprint {recorded}, but {base} has "
                 f"fingerprint {actual}")

@@ -66,6 +66,9 @@ class _Registry:
     active: str | None = None
     base: dict[str, torch.Tensor] = field(default_factory=dict)  # the base's own tensor at every owned name
     plans: tuple[dict, str, str] | None = None  # (plans, configuration, where they came from)
+    # base fingerprints by (names the adapter file carries, the base tensors' identities and versions): hashing
+    # a large base takes a while, and every fold of every adapter asks for it
+    fingerprints: dict[tuple, str] = field(default_factory=dict)
 
 
 def _registry(network: nn.Module, create: bool = False) -> _Registry | None:
@@ -367,14 +370,15 @@ def check_adapter_plans(network: nn.Module, directory: Path, record: Mapping[str
     check_plans(reg.plans, plans, configuration, f"the adapter {directory}")
 
 
-def load_base(checkpoint: str | Path) -> nn.Module:
+def load_base(checkpoint: str | Path, ckpt: Mapping[str, Any] | None = None) -> nn.Module:
     """The stock network of an nnU-Net checkpoint with its weights, on the CPU, with its plans recorded
-    (``set_base_plans``) so that ``load_adapter(..., name=...)`` checks each adapter's plans against them."""
+    (``set_base_plans``) so that ``load_adapter(..., name=...)`` checks each adapter's plans against them.
+    ``ckpt``: the checkpoint's dict when the caller has read it already."""
     from nnunet_peft.model_folder import build_network
     from nnunet_peft.training.pretrained import check_pretrained_compatible, load_checkpoint_file
 
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint_file(checkpoint)
+    ckpt = load_checkpoint_file(checkpoint) if ckpt is None else ckpt
     args = ckpt.get("init_args") or {}
     missing = [k for k in ("plans", "configuration", "dataset_json") if k not in args]
     if missing or "trainer_name" not in ckpt:
@@ -397,7 +401,7 @@ def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str,
     leaves the network as it was."""
     from safetensors.torch import load_file
 
-    from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, check_base
+    from nnunet_peft.adapter_io import FINGERPRINT_KEY, WEIGHTS_NAME, adapter_state_dict, check_base
     from nnunet_peft.injection import inject_adapters
 
     if name in adapter_names(network):
@@ -408,8 +412,9 @@ def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str,
         raise FileNotFoundError(f"{weights} not found: the adapter folder is incomplete")
     tensors = load_file(str(weights))
     with disable_adapters(network):  # the fingerprint is the stock base's, whichever adapter is active
+        fingerprint = _base_fingerprint(network, tensors.keys()) if FINGERPRINT_KEY in record else None
         check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
-                   base_name=base_name)
+                   base_name=base_name, fingerprint=fingerprint)
     check_adapter_plans(network, directory, record)
     previous = active_adapter(network)
     inject_adapters(network, config, init_weights=False, name=name)
@@ -460,3 +465,16 @@ def move_adapters(network: nn.Module, device: torch.device | str) -> nn.Module:
     for tensor in [*reg.base.values(), *(t for a in reg.adapters.values() for t in a.owned.values())]:
         tensor.data = tensor.data.to(device)
     return network
+
+
+def _base_fingerprint(network: nn.Module, carried) -> str:
+    """``base_fingerprint(network, carried)`` of the stock network, remembered while no base tensor changes
+    (a tensor's version counter moves with every in-place change)."""
+    from nnunet_peft.adapter_io import base_fingerprint
+
+    reg = _registry(network, create=True)
+    state = network.state_dict(keep_vars=True)
+    key = (frozenset(k for k in carried if k in state), tuple((k, id(v), v._version) for k, v in state.items()))
+    if key not in reg.fingerprints:
+        reg.fingerprints = {key: base_fingerprint(network, carried=carried)}  # only the latest base is worth keeping
+    return reg.fingerprints[key]

@@ -270,3 +270,15 @@ def test_single_adapter_use_is_unchanged(tmp_path):
     assert same(run(loaded, X), run(net, X)) and same(run(copied, X), run(net, X))
     with disable_adapters(copied):  # a deep copy keeps its own base
         assert same(run(copied, X), run(pretrained_network(SPEC), X))
+
+
+def test_a_base_changed_in_place_is_fingerprinted_again(tmp_path):
+    """Every fold of every adapter checks the base; its fingerprint is remembered only while no base tensor changes."""
+    net = pretrained_network(SPEC)
+    load_adapter(net, saved(trained("lora_c", seed=3), tmp_path / "a"), name="a")
+    load_adapter(net, saved(trained("lora_c", seed=4), tmp_path / "b"), name="b")  # the remembered fingerprint
+    with disable_adapters(net), torch.no_grad():
+        kernel = net.encoder.stages[1][0].convs[0].conv.weight
+        kernel.view(-1)[0] = torch.nextafter(kernel.view(-1)[0], torch.tensor(float("inf")))
+    with pytest.raises(BaseMismatchError):
+        load_adapter(net, saved(trained("lora_c", seed=5), tmp_path / "c"), name="c")

@@ -82,8 +82,8 @@ def load_tasks(checkpoint: Path, adapters: Sequence[Path], folds: Sequence[str] 
     differently); its input must be the base's (file ending).
     """
     checkpoint = Path(checkpoint)
-    network = load_base(checkpoint)
     ckpt = load_checkpoint_file(checkpoint)
+    network = load_base(checkpoint, ckpt)
     args = ckpt["init_args"]
     base_task = Task(BASE_TASK, [None], args["plans"], args["configuration"], args["dataset_json"],
                      _axes(ckpt.get("inference_allowed_mirroring_axes")), ckpt["trainer_name"], ["base"])
