@@ -212,8 +212,8 @@ def delete_adapter(network: nn.Module, name: str) -> nn.Module:
     if reg.active == name:
         _deactivate(network, reg)
     del reg.adapters[name]
-    if not reg.adapters:
-        network.__dict__.pop(REGISTRY_ATTR, None)
+    if not reg.adapters:  # the stock network again, its base tensors its own; the base's plans stay recorded
+        object.__setattr__(network, REGISTRY_ATTR, _Registry(plans=reg.plans))
     return network
 
 

@@ -283,3 +283,23 @@ def test_encoder_stages_no_adapter_changes_run_once_and_predict_the_same(served,
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     applied = apply_adapter(adapters["bndec"], base, tmp_path / "applied")
     assert_same_predictions(tmp_path / "shared" / "bndec", reference(applied, one_case, tmp_path / "ref"), ["case0"])
+
+
+def test_the_shared_stages_and_the_rest_compute_the_whole_network_for_a_residual_encoder():
+    """ResidualEncoderUNet runs a stem before its stages: the split must keep it in the shared part."""
+    from networks import NET_SPECS, random_input
+    from nnunet_peft import PeftConfig
+    from nnunet_peft.serving.shared import SharedEncoderPredictor, shared_stages
+
+    spec = NET_SPECS[3]  # ResidualEncoderUNet 3-D
+    net = pretrained_network(spec, deep_supervision=False)
+    inject_adapters(net, PeftConfig("lora_c", rank=2, placement=("bottleneck", "decoder")), name="bn_dec")
+    perturb_([p for p in net.parameters() if p.requires_grad], seed=1)
+    net.eval()
+    n = shared_stages(net, ["bn_dec"])
+    assert n == len(net.encoder.stages) - 1 and net.encoder.stem is not None
+    sharer = SharedEncoderPredictor.__new__(SharedEncoderPredictor)
+    sharer.network, sharer.n_shared = net, n
+    x = random_input(spec, batch=1)
+    with torch.no_grad():
+        assert torch.equal(sharer._suffix(sharer._prefix(x)), net(x))
