@@ -303,3 +303,26 @@ def test_the_shared_stages_and_the_rest_compute_the_whole_network_for_a_residual
     x = random_input(spec, batch=1)
     with torch.no_grad():
         assert torch.equal(sharer._suffix(sharer._prefix(x)), net(x))
+
+
+def test_a_subfolder_is_what_the_nnunet_command_line_writes(served, tmp_path, capsys):
+    """The same comparison against nnUNetv2_predict_from_modelfolder itself (worker processes and all), for one
+    adapter: nnU-Net's command line on the apply-adapter model folder."""
+    import os
+    import subprocess
+
+    from nnunet_peft.commands.trainer_dir import trainer_environment
+
+    root, base, adapters, inputs = served
+    code, _, err = predict(["-i", inputs, "-o", tmp_path / "out", "--checkpoint", base, "-a", adapters["tumour"],
+                            "-device", "cpu", "--disable_tta", "--save_probabilities"], capsys)
+    assert code == 0, err
+    applied = apply_adapter(adapters["tumour"], base, tmp_path / "applied")
+    env = trainer_environment() | {"OMP_NUM_THREADS": "1", "nnUNet_compile": "false", "PYTHONWARNINGS": "ignore",
+                                   "nnUNet_raw": str(tmp_path), "nnUNet_preprocessed": str(tmp_path),
+                                   "nnUNet_results": str(tmp_path)}
+    proc = subprocess.run(["nnUNetv2_predict_from_modelfolder", "-i", str(inputs), "-o", str(tmp_path / "cli"), "-m",
+                           str(applied), "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities", "-npp", "1",
+                           "-nps", "1"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_predictions(tmp_path / "out" / "tumour", tmp_path / "cli", ["case0", "case1"])

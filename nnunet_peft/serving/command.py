@@ -49,8 +49,9 @@ def add_parser(subparsers) -> None:
                    "beside it); where tasks overlap, the class with the highest probability wins. Refused when two "
                    "tasks have a class of the same name")
     p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
-                   help="folds of each adapter to ensemble (default: every fold_* but fold_all, as "
-                   "nnUNetv2_predict_from_modelfolder)")
+                   help="folds of each adapter to ensemble (default: every fold_* it holds but fold_all, as "
+                   "nnUNetPredictor finds them; nnUNetv2_predict's own default, 0 1 2 3 4, is the same set after "
+                   "a five-fold cross-validation)")
     p.add_argument("-device", default="cuda", choices=("cpu", "cuda", "mps"), help="as nnUNetv2_predict (default cuda)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring (as nnUNetv2_predict)")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (as nnUNetv2_predict; default 0.5)")

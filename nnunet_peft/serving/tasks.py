@@ -52,8 +52,8 @@ def _axes(axes) -> tuple[int, ...] | None:
 
 def adapter_folds(folder: Path, folds: Sequence[str] | None) -> list[Path]:
     """The ``fold_*`` sub-folders of an export-adapter folder to ensemble: those named by ``folds`` (as
-    ``-f`` spells them: ``0 1 all``), or every one but ``fold_all``, as nnUNetv2_predict_from_modelfolder
-    picks them."""
+    ``-f`` spells them: ``0 1 all``), or every one but ``fold_all``, as ``nnUNetPredictor`` finds them
+    (``use_folds=None``)."""
     folder = Path(folder)
     for name in ("plans.json", "dataset.json"):
         if not (folder / name).is_file():
