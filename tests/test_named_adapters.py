@@ -18,7 +18,7 @@ from nnunet_peft import (METHODS, BaseFingerprintWarning, BaseMismatchError, Pef
                          load_adapter, merge_adapters, save_adapter, set_adapter)
 from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, get_config
 from nnunet_peft.named_adapters import active_adapter, adapter_names, set_base_plans
-from test_adapter_sharing import CONFIGURATION, DATASET_JSON, tiny_plans
+from test_adapter_sharing import CONFIGURATION, tiny_plans
 
 SPEC = NET_SPECS[1]  # PlainConvUNet 3-D, 2 input channels, 3 classes
 

@@ -3,7 +3,6 @@ base's own task is the base; --combine; refusals. Tiny model folders built direc
 tiny images: seconds to a minute on a CPU."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -308,7 +307,6 @@ def test_the_shared_stages_and_the_rest_compute_the_whole_network_for_a_residual
 def test_a_subfolder_is_what_the_nnunet_command_line_writes(served, tmp_path, capsys):
     """The same comparison against nnUNetv2_predict_from_modelfolder itself (worker processes and all), for one
     adapter: nnU-Net's command line on the apply-adapter model folder."""
-    import os
     import subprocess
 
     from nnunet_peft.commands.trainer_dir import trainer_environment

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_peft.adapter_io import BaseFingerprintWarning
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.named_adapters import disable_adapters, move_adapters, set_adapter
 from nnunet_peft.serving.combine import CombinedLabels, combine_case
@@ -149,8 +150,11 @@ def predict_many(images: Path, out: Path, checkpoint: Path, adapters: Sequence[P
         warnings.simplefilter("always")
         network, tasks, reference = load_tasks(Path(checkpoint), [Path(a) for a in adapters], folds, base,
                                                allow_other_base)
-    for w in caught:
-        log(f"WARNING: {w.message}")
+    for w in caught:  # the base check's warnings are the user's business; others go on as warnings
+        if issubclass(w.category, BaseFingerprintWarning):
+            log(f"WARNING: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     labels = CombinedLabels.of(tasks) if combine else None  # refuses colliding class names before predicting
     cases = list_cases(Path(images), reference.dataset_json["file_ending"])
     move_adapters(network, torch_device)

@@ -6,14 +6,13 @@ base's own task has one "fold", the base alone).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
-from nnunet_peft.adapter_io import CONFIG_NAME, BaseFingerprintWarning, load_adapter, read_adapter_config
+from nnunet_peft.adapter_io import CONFIG_NAME, load_adapter, read_adapter_config
 from nnunet_peft.model_folder import read_json
 from nnunet_peft.named_adapters import load_base
 from nnunet_peft.training.pretrained import load_checkpoint_file
@@ -116,6 +115,3 @@ def load_tasks(checkpoint: Path, adapters: Sequence[Path], folds: Sequence[str] 
                           str(records[0].get("trainer_name")), [d.name for d in fold_dirs]))
     return network, tasks, base_task
 
-
-def fingerprint_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    return [str(w.message) for w in caught if issubclass(w.category, BaseFingerprintWarning)]
