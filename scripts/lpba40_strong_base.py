@@ -86,9 +86,14 @@ def fold_of(draw: int, size: int) -> int:
 def target_splits(pool: list[str], draws: int, seed: int) -> list[dict[str, list[str]]]:
     """One nnU-Net fold per (draw, size): nested training subsets of a shuffled pool, validated on the rest.
     Cases are per side (S05L, S05R), so a subject's two sides are always on the same side of a split."""
-    folds = []
+    folds, singles = [], []
     for draw in range(draws):
         order = [pool[i] for i in np.random.default_rng(seed + 1000 + draw).permutation(len(pool))]
+        # the one-subject runs are the noisiest: give each draw its own subject while the pool has one
+        fresh = next((s for s in order if s not in singles), order[0])
+        order.remove(fresh)
+        order.insert(0, fresh)
+        singles.append(fresh)
         for size in SIZES:
             train, val = order[:size], order[size:]
             folds.append({"train": [f"{s}{side}" for s in train for side in "LR"],
