@@ -1,7 +1,8 @@
-"""The adapter configuration: which method, how large, where."""
+"""The registry of adapter methods (``METHODS``) and the adapter configuration: which method, how large, where."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,40 +11,75 @@ FORWARD_MODES = ("chain", "reconstruct", "projected")
 # Not a fourth computation: each layer runs one of the method's modes, the fastest measured for its
 # shape when training starts (nnunet_peft.mode_tuning), its method's untuned mode until then.
 AUTO_MODE = "auto"
+FAMILIES = ("lowrank", "tensor", "hyps")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What the injection needs to know about a method, beyond its layer class."""
+    """One adapter method: all that the injection, the trainer names and the scripts know of it.
 
-    family: str  # "lowrank", "tensor" or "hyps"
+    ``METHODS`` below is the one registry of methods; adding a method is its layer class under
+    ``nnunet_peft/layers/`` and one entry there (docs/development.md).
+    """
+
+    token: str  # the trainer-name token: nnUNetTrainer<token>[_...]
+    display: str  # the name the docs and reports give it
+    family: str  # one of FAMILIES
+    # "<module of nnunet_peft.layers>.<class>": the AdapterLayer per layer, or for the tensor family the
+    # TensorGroup the per-layer TensorGroupAdapters read from. Named, not imported, because the layer
+    # modules import this one; ``layer_class`` imports it on first use.
+    layer: str
     forward_modes: tuple[str, ...]
     # the mode an "auto" layer runs until nnunet_peft.mode_tuning has timed it (a library user's own
     # training loop that never calls choose_forward_modes keeps it)
     untuned_mode: str
+    dora: bool = False  # the update is a direction plus a learned per-output-channel magnitude
     mergeable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if not self.forward_modes or any(m not in FORWARD_MODES for m in self.forward_modes):
+            raise ValueError(f"forward_modes must be a non-empty subset of {FORWARD_MODES}, "
+                             f"got {self.forward_modes!r}")
+        if self.untuned_mode not in self.forward_modes:
+            raise ValueError(f"untuned_mode must be one of forward_modes {self.forward_modes}, "
+                             f"got {self.untuned_mode!r}")
+        if self.layer.count(".") != 1:
+            raise ValueError(f"layer must read '<module of nnunet_peft.layers>.<class>', got {self.layer!r}")
 
     @property
     def default_forward_mode(self) -> str:
         """What ``PeftConfig(forward_mode=None)`` takes: ``"auto"`` wherever there is a choice."""
         return AUTO_MODE if len(self.forward_modes) > 1 else self.forward_modes[0]
 
+    @property
+    def layer_class(self) -> type:
+        """The class ``layer`` names (imported here, not at the import of this module)."""
+        module, name = self.layer.split(".")
+        return getattr(importlib.import_module(f"nnunet_peft.layers.{module}"), name)
 
+
+_RECONSTRUCT = ("reconstruct",)
 # Every method with a choice of forward modes defaults to "auto": scripts/benchmark_adapters.py on a 2-core
 # CPU (docs/results/speed_and_memory.md; docs/benchmarks/unet_cpu_48.md) found each mode fastest for some layer
 # shapes of a 3d_fullres U-Net (reconstruct at full resolution, the chain at the coarse stages, projected in
 # between), and the per-layer choice faster than any one mode for every method. The untuned modes are the
 # fixed ones that did best over ranks 8 and 32 there, in time and in memory.
+# The order is the docs' (and the trainer-name grammar's).
 METHODS: dict[str, MethodSpec] = {
-    "lora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
-    "conv_lora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
-    "cp_lora": MethodSpec("lowrank", FORWARD_MODES, "projected"),
-    "dora_c": MethodSpec("lowrank", FORWARD_MODES, "reconstruct"),
-    "conv_dora": MethodSpec("lowrank", ("reconstruct",), "reconstruct"),
-    "cp_dora": MethodSpec("lowrank", FORWARD_MODES, "projected"),
-    "lora_pt": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
-    "tcur_lora": MethodSpec("tensor", ("reconstruct",), "reconstruct"),
-    "hyps": MethodSpec("hyps", FORWARD_MODES, "reconstruct", mergeable=False),
+    "lora_c": MethodSpec("LoRAC", "LoRA-C", "lowrank", "lowrank.LoRACAdapter", FORWARD_MODES, "reconstruct"),
+    "conv_lora": MethodSpec("ConvLoRA", "convLoRA", "lowrank", "lowrank.ConvLoRAAdapter", _RECONSTRUCT, "reconstruct"),
+    "cp_lora": MethodSpec("CPLoRA", "CP-LoRA", "lowrank", "lowrank.CPLoRAAdapter", FORWARD_MODES, "projected"),
+    "dora_c": MethodSpec("DoRAC", "DoRA-C", "lowrank", "lowrank.LoRACAdapter", FORWARD_MODES, "reconstruct",
+                         dora=True),
+    "conv_dora": MethodSpec("ConvDoRA", "convDoRA", "lowrank", "lowrank.ConvLoRAAdapter", _RECONSTRUCT, "reconstruct",
+                            dora=True),
+    "cp_dora": MethodSpec("CPDoRA", "CP-DoRA", "lowrank", "lowrank.CPLoRAAdapter", FORWARD_MODES, "projected",
+                          dora=True),
+    "lora_pt": MethodSpec("LoRAPT", "LoRA-PT", "tensor", "tensor.LoRAPTGroup", _RECONSTRUCT, "reconstruct"),
+    "tcur_lora": MethodSpec("TCURLoRA", "tCURLoRA", "tensor", "tensor.TCURGroup", _RECONSTRUCT, "reconstruct"),
+    "hyps": MethodSpec("HyPS", "HyPS", "hyps", "hyps.HyPSAdapter", FORWARD_MODES, "reconstruct", mergeable=False),
 }
 
 CP_INITS = ("random", "parafac")
@@ -150,7 +186,7 @@ class PeftConfig:
 
     @property
     def uses_dora(self) -> bool:
-        return self.method in ("dora_c", "conv_dora", "cp_dora")
+        return self.spec.dora
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

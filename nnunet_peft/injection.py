@@ -6,24 +6,17 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from nnunet_peft.config import PLACEMENTS, PeftConfig
+from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 from nnunet_peft.layers.base import AdapterLayer, check_adaptable
-from nnunet_peft.layers.hyps import HyPSAdapter
 from nnunet_peft.layers.kinds import conv_layout_weight
-from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
-from nnunet_peft.layers.tensor import TENSOR_GROUPS, TensorGroupAdapter
+from nnunet_peft.layers.tensor import TensorGroupAdapter
 from nnunet_peft.placement import (check_called, fused_blocks, input_convolution, module_names, network_stages,
                                    replace_module, target_modules)
 
+# The methods with one adapter per layer (every family but the tensor one, whose layers share groups),
+# read from the registry nnunet_peft.config.METHODS
 LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
-    "lora_c": LoRACAdapter,
-    "dora_c": LoRACAdapter,
-    "conv_lora": ConvLoRAAdapter,
-    "conv_dora": ConvLoRAAdapter,
-    "cp_lora": CPLoRAAdapter,
-    "cp_dora": CPLoRAAdapter,
-    "hyps": HyPSAdapter,
-}
+    method: spec.layer_class for method, spec in METHODS.items() if spec.family != "tensor"}
 
 GROUPS_ATTR = "peft_groups"
 CONFIG_ATTR = "peft_config"
@@ -71,7 +64,7 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     if config.spec.family == "tensor":
         wrappers = _tensor_wrappers(network, targets, config, init_weights)
     else:
-        cls = LAYER_CLASSES[config.method]
+        cls = config.spec.layer_class
         wrappers = [cls(conv, config, init_weights=init_weights) for _, conv in targets]
     for (_, conv), wrapper in zip(targets, wrappers):
         # the factors are allocated in float32; they must follow the kernel (a float64 or half network)
@@ -103,7 +96,7 @@ def _tensor_wrappers(network, targets, config, init_weights) -> list[AdapterLaye
     groups = nn.ModuleDict()
     built = {}
     for g, (shape, kernels) in enumerate(by_shape.items()):
-        built[shape] = TENSOR_GROUPS[config.method](kernels, config, init_weights=init_weights).to(kernels[0].device)
+        built[shape] = config.spec.layer_class(kernels, config, init_weights=init_weights).to(kernels[0].device)
         groups[f"group{g}"] = built[shape]
     network.add_module(GROUPS_ATTR, groups)
     return [TensorGroupAdapter(layer, config, [(built[shape], index) for shape, index in slot])

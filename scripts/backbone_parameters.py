@@ -18,11 +18,6 @@ from nnunet_peft.config import METHODS, PeftConfig
 from nnunet_peft.injection import configure_finetuning, inject_adapters
 from nnunet_peft.summary import count_parameters
 
-# the docs' order: the trainer-name method tokens
-METHOD_NAMES = {"lora_c": "LoRAC", "conv_lora": "ConvLoRA", "cp_lora": "CPLoRA", "dora_c": "DoRAC",
-                "conv_dora": "ConvDoRA", "cp_dora": "CPDoRA", "lora_pt": "LoRAPT", "tcur_lora": "TCURLoRA",
-                "hyps": "HyPS"}
-
 
 def parameter_rows(backbone: str = "unetr", patch_size=(96, 96, 96), in_channels: int = 1, classes: int = 3,
                    rank: int = 8) -> list[tuple[str, int, int]]:
@@ -30,9 +25,9 @@ def parameter_rows(backbone: str = "unetr", patch_size=(96, 96, 96), in_channels
     warnings.filterwarnings("ignore", category=FutureWarning)
     stock = build_backbone(backbone, patch_size, in_channels, classes)
     rows = []
-    for method in METHODS:
+    for method, spec in METHODS.items():  # the docs' order, named by the trainer-name tokens
         network = inject_adapters(copy.deepcopy(stock), PeftConfig(method, rank=rank), init_weights=False)
-        rows.append((METHOD_NAMES[method], *count_parameters(network)))
+        rows.append((spec.token, *count_parameters(network)))
     for name, mode in [("Finetune", "finetune"), ("SegHead", "seg_head")]:
         rows.append((name, *count_parameters(configure_finetuning(copy.deepcopy(stock), mode))))
     return rows

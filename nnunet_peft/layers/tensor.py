@@ -208,9 +208,6 @@ class TCURGroup(TensorGroup):
         return (t_product_slice(t_product(self.C, self.U - self.U0), self.R, index) * self.scaling).reshape(self.kernel_shape)
 
 
-TENSOR_GROUPS = {"lora_pt": LoRAPTGroup, "tcur_lora": TCURGroup}
-
-
 class TensorGroupAdapter(AdapterLayer):
     """One layer of a group: its weight is slice ``index`` of the group's adapted tensor.
 

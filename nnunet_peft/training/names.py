@@ -9,21 +9,11 @@ import re
 from dataclasses import dataclass
 
 from nnunet_peft.backbones import BACKBONES
-from nnunet_peft.config import PLACEMENTS, PeftConfig
+from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 
 PREFIX = "nnUNetTrainer"
 
-ADAPTER_METHODS = {
-    "LoRAC": "lora_c",
-    "ConvLoRA": "conv_lora",
-    "CPLoRA": "cp_lora",
-    "DoRAC": "dora_c",
-    "ConvDoRA": "conv_dora",
-    "CPDoRA": "cp_dora",
-    "LoRAPT": "lora_pt",
-    "TCURLoRA": "tcur_lora",
-    "HyPS": "hyps",
-}
+ADAPTER_METHODS = {spec.token: method for method, spec in METHODS.items()}  # Method token -> PeftConfig.method
 BASELINES = {"Finetune": "finetune", "SegHead": "seg_head", "NoFinetune": "none"}
 METHOD_TOKENS = tuple(sorted([*ADAPTER_METHODS, *BASELINES], key=len, reverse=True))  # longest match first
 
