@@ -21,8 +21,8 @@ from torch import nn
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.config import PeftConfig
 from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, get_config, inject_adapters
+from nnunet_peft.placement import HEAD_KEY
 from nnunet_peft.summary import count_parameters
-from nnunet_peft.training.pretrained import HEAD_KEY
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"

@@ -12,11 +12,13 @@ from torch import nn
 
 from nnunet_peft.architectures.multiview import MultiviewUNet
 from nnunet_peft.config import PLACEMENTS
-from nnunet_peft.layers.kinds import conv_layout_shape
+from nnunet_peft.layers.kinds import ADAPTABLE_TYPES, CONVOLUTION_TYPES, conv_layout_shape
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # what an adapter can wrap (nnunet_peft.layers.kinds): every convolution and Linear layer of a placed stage
-TARGET_TYPES = _CONVS + (nn.Linear,)
+TARGET_TYPES = ADAPTABLE_TYPES
+# the state-dict key fragment of a U-Net's segmentation heads (decoder.seg_layers.<i>.weight); other
+# backbones' heads are found by head_modules
+HEAD_KEY = ".seg_layers."
 FUSED_ATTR = "peft_fused_blocks"
 FUSED_QKV_NAME = "qkv"
 
@@ -180,10 +182,18 @@ def module_names(network: nn.Module) -> dict[int, list[str]]:
 def input_convolution(network: nn.Module) -> nn.Module:
     """The first convolution in forward order (the residual stem's, or stage 0's first): the only one
     that sees the network's input channels."""
-    convs = unique_modules(network_stages(network)[0].modules, _CONVS)
+    convs = unique_modules(network_stages(network)[0].modules, CONVOLUTION_TYPES)
     if not convs:
         raise ValueError(f"{type(network).__name__}: no convolution in its first stage")
     return convs[0][1]
+
+
+def head_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(state-dict prefix, conv)`` of every segmentation head: the convolutions of the placement map's
+    ``seg_layers`` stage (a U-Net's ``decoder.seg_layers.i``, UNETR's ``out.conv.conv``, ...)."""
+    stage = next(s for s in network_stages(network) if s.placement == "seg_layers")
+    names = {id(m): name for name, m in network.named_modules()}
+    return [(names[id(m)], m) for _, m in unique_modules(stage.modules, CONVOLUTION_TYPES)]
 
 
 def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> int:

@@ -362,7 +362,7 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
                                              len(_channel_names(target_dataset_json)), num_outputs,
                                              allow_init=False, deep_supervision=True)
     from nnunet_peft.placement import input_convolution
-    from nnunet_peft.training.transfer import head_modules
+    from nnunet_peft.placement import head_modules
 
     heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if backbone is not None else ()
 

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The one definition of each kind's layer types; the rest of the package imports them from here.
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+CONVOLUTION_TYPES = CONV_TYPES + TRANSPOSED_TYPES  # every convolution, transposed or not
 LINEAR_TYPES = (nn.Linear,)
-ADAPTABLE_TYPES = CONV_TYPES + TRANSPOSED_TYPES + LINEAR_TYPES
+ADAPTABLE_TYPES = CONVOLUTION_TYPES + LINEAR_TYPES
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

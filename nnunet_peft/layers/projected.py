@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+from nnunet_peft.layers.kinds import CONVOLUTION_TYPES, TRANSPOSED_TYPES
 
 
 class Geometry(NamedTuple):
@@ -64,14 +63,14 @@ class Geometry(NamedTuple):
     def of(cls, layer: nn.Module) -> "Geometry":
         if isinstance(layer, nn.Linear):
             return cls(linear=True)
-        if not isinstance(layer, _CONV_TYPES + _TRANSPOSED_TYPES):
+        if not isinstance(layer, CONVOLUTION_TYPES):
             raise ValueError(f"projected mode: expected a convolution, transposed convolution or Linear, got "
                              f"{type(layer).__name__}")
         if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
             raise ValueError(f"projected mode: {type(layer).__name__} must have groups=1, explicit padding and "
                              f"padding_mode='zeros' (got groups={layer.groups}, padding={layer.padding!r}, "
                              f"padding_mode={layer.padding_mode!r})")
-        transposed = isinstance(layer, _TRANSPOSED_TYPES)
+        transposed = isinstance(layer, TRANSPOSED_TYPES)
         return cls(linear=False, transposed=transposed, stride=tuple(layer.stride), padding=tuple(layer.padding),
                    dilation=tuple(layer.dilation),
                    output_padding=tuple(layer.output_padding) if transposed else (0,) * len(layer.stride))

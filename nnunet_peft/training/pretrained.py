@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-HEAD_KEY = ".seg_layers."
+from nnunet_peft.placement import HEAD_KEY, head_modules
 
 
 def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
@@ -59,7 +59,6 @@ def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_na
             "checkpoint first: nnunet-peft merge -m <its model folder> -o <merged folder>, then pass "
             "<merged folder>/fold_K/checkpoint_final.pth as -pretrained_weights.")
     from nnunet_peft.backbones import backbone_family
-    from nnunet_peft.training.transfer import head_modules
 
     family = backbone_family(network)
     # the heads are mapped to the target's classes, so their shapes may differ

@@ -40,9 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnunet_peft.placement import _CONVS, input_convolution, network_stages, replace_module, unique_modules
-
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+from nnunet_peft.layers.kinds import TRANSPOSED_TYPES
+# head_modules is placement's (where the heads are) and stays importable from here, where they are mapped
+from nnunet_peft.placement import head_modules, input_convolution, replace_module  # noqa: F401
+from nnunet_peft.training.pretrained import load_checkpoint_file
 
 LABEL_MAP_ENV = "NNUNET_PEFT_LABEL_MAP"
 # a new class's logit starts this far below the mean of the matched classes' logits
@@ -76,8 +77,6 @@ def read_source(path: str | Path) -> Source:
     model folder still has it. The model folder's ``dataset.json`` (checkpoint's parent's parent) is
     the fallback for checkpoints written without ``init_args``.
     """
-    from nnunet_peft.training.pretrained import load_checkpoint_file
-
     path = Path(path)
     checkpoint = load_checkpoint_file(path)
     init_args = checkpoint.get("init_args")
@@ -197,17 +196,9 @@ def map_classes(source_json: dict[str, Any] | None, target_json: dict[str, Any],
     return ClassMapping(target, source, sources, how), ""
 
 
-def head_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(state-dict prefix, conv)`` of every segmentation head: the convolutions of the placement map's
-    ``seg_layers`` stage (a U-Net's ``decoder.seg_layers.i``, UNETR's ``out.conv.conv``, ...)."""
-    stage = next(s for s in network_stages(network) if s.placement == "seg_layers")
-    names = {id(m): name for name, m in network.named_modules()}
-    return [(names[id(m)], m) for _, m in unique_modules(stage.modules, _CONVS)]
-
-
 def _out_first(weight: torch.Tensor, head: nn.Module) -> torch.Tensor:
     """A head's kernel with output channels first (a transposed convolution stores them second)."""
-    return weight.transpose(0, 1) if isinstance(head, _TRANSPOSED) else weight
+    return weight.transpose(0, 1) if isinstance(head, TRANSPOSED_TYPES) else weight
 
 
 def checkpoint_output_channels(network: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
@@ -226,7 +217,7 @@ def resize_heads(network: nn.Module, num_classes: int) -> set[int]:
             continue
         kwargs = dict(kernel_size=head.kernel_size, stride=head.stride, padding=head.padding,
                       dilation=head.dilation, bias=head.bias is not None)
-        if isinstance(head, _TRANSPOSED):
+        if isinstance(head, TRANSPOSED_TYPES):
             kwargs["output_padding"] = head.output_padding
         fresh = type(head)(head.in_channels, num_classes, **kwargs).to(device=head.weight.device,
                                                                        dtype=head.weight.dtype)
@@ -366,7 +357,7 @@ def adapt_input_conv(conv: nn.Module, mode: str, sources: list[int | None], copy
     """
     if mode not in CHANNEL_MODES:
         raise ValueError(f"channel mode must be one of {sorted(CHANNEL_MODES)}, got {mode!r}")
-    if isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) or conv.groups != 1:
+    if isinstance(conv, TRANSPOSED_TYPES) or conv.groups != 1:
         raise ValueError("the first layer must be an ungrouped convolution")
     old = conv.weight
     n_source, n_target = old.shape[1], len(sources)

@@ -1,0 +1,63 @@
+"""The package's layers point one way: the library below the trainers, each constant defined once.
+
+Read from the source (imports anywhere in a module, lazy ones included), so that an import that
+points back up fails here rather than as an import cycle in some later order of imports.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_peft"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``nnunet_peft`` module ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnunet_peft"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("nnunet_peft"))
+    return found
+
+
+LAYERS = [f"layers/{p.name}" for p in sorted((PACKAGE / "layers").glob("*.py"))]
+LIBRARY = ["config.py", "injection.py", "placement.py", "adapter_io.py", *LAYERS]
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_the_library_imports_nothing_from_the_trainers(module):
+    upward = sorted(m for m in imported_modules(PACKAGE / module) if m.startswith("nnunet_peft.training"))
+    assert not upward, f"{module} imports {upward}: move what it needs below nnunet_peft.training"
+
+
+def test_the_layers_do_not_import_the_injection_or_placement():
+    for module in LAYERS:
+        above = {"nnunet_peft.injection", "nnunet_peft.placement"} & imported_modules(PACKAGE / module)
+        assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_pretrained_and_transfer_do_not_import_each_other():
+    assert "nnunet_peft.training.transfer" not in imported_modules(PACKAGE / "training" / "pretrained.py")
+    assert "nnunet_peft.training.pretrained" in imported_modules(PACKAGE / "training" / "transfer.py")
+
+
+def test_each_tuple_of_layer_types_is_written_once():
+    for types in ("nn.Conv1d, nn.Conv2d, nn.Conv3d", "nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d"):
+        where = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+                 if types in p.read_text(encoding="utf-8")]
+        assert where == ["layers/kinds.py"], f"({types}) is written in {where}; import it from layers/kinds.py"
+
+
+def test_the_moved_names_still_import_from_where_callers_find_them():
+    from nnunet_peft.layers.kinds import CONVOLUTION_TYPES, TRANSPOSED_TYPES
+    from nnunet_peft.placement import HEAD_KEY, TARGET_TYPES, head_modules
+    from nnunet_peft.training import pretrained, transfer
+
+    assert transfer.head_modules is head_modules and pretrained.HEAD_KEY is HEAD_KEY == ".seg_layers."
+    assert set(TARGET_TYPES) == set(CONVOLUTION_TYPES) | {nn.Linear}
+    assert set(TRANSPOSED_TYPES) < set(CONVOLUTION_TYPES) and len(CONVOLUTION_TYPES) == 6
