@@ -2,7 +2,8 @@
 
 Each module registers its subcommand and sets ``func`` (called with the parsed namespace, returns an
 exit code). Keeping one module per command keeps this file free of the commands' own imports, which
-are heavy (torch, nnU-Net) and only paid for by the command that runs.
+are heavy (torch, nnU-Net) and only paid for by the command that runs. Errors are reported here, for
+every command alike: a command raises, ``main`` prints ``nnunet-peft <command>: error: ...``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ COMMAND_MODULES = (
 )
 
 
+class StepFailed(RuntimeError):
+    """A step that a command runs (an nnU-Net program, a stage of a pipeline) failed, and its own output
+    says why: exit status 1, where a user error caught before anything ran (a ValueError) gets 2."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-peft",
@@ -41,10 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except StepFailed as e:
+        return report_error(args.command, e, status=1)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # user errors: the message says what is wrong and what to do; a traceback would bury it
-        print(f"nnunet-peft {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(args.command, e, status=2)
+
+
+def report_error(command: str, error: BaseException, status: int) -> int:
+    """Print ``nnunet-peft <command>: error: <error>`` on stderr; returns ``status``, the exit status."""
+    print(f"nnunet-peft {command}: error: {error}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

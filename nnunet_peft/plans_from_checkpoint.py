@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Literal
 
+from nnunet_peft.cli import StepFailed
+
 DEFAULT_PLANS_NAME = "nnUNetPlans_pretrained"
 DEFAULT_TRAINER = "nnUNetTrainerCPLoRA"
 IntensitySource = Literal["source", "target"]
@@ -68,7 +70,7 @@ _CLIPPED_RANGE_WARNING = 0.10
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_.+$")
 
 
-class NnUNetStepFailed(RuntimeError):
+class NnUNetStepFailed(StepFailed):
     """An nnU-Net command run by plan-from-checkpoint exited with an error (its output says why)."""
 
 
@@ -554,14 +556,11 @@ def _run(args: argparse.Namespace) -> int:
     from nnunet_peft.commands.deprecated import resolve_checkpoint
 
     checkpoint, configuration = resolve_checkpoint(args, "plan-from-checkpoint")
-    try:
-        plan_from_checkpoint(args.dataset, checkpoint, configuration=configuration,
-                             plans_name=args.plans_name, intensity_properties=args.intensity_properties,
-                             num_processes=args.num_processes, overwrite=args.overwrite,
-                             verify_dataset_integrity=args.verify_dataset_integrity)
-    except NnUNetStepFailed as e:
-        print(f"nnunet-peft plan-from-checkpoint: error: {e}", file=sys.stderr)
-        return 1
+    # a failed nnU-Net step raises NnUNetStepFailed, which nnunet_peft.cli.main reports (exit status 1)
+    plan_from_checkpoint(args.dataset, checkpoint, configuration=configuration,
+                         plans_name=args.plans_name, intensity_properties=args.intensity_properties,
+                         num_processes=args.num_processes, overwrite=args.overwrite,
+                         verify_dataset_integrity=args.verify_dataset_integrity)
     return 0
 
 

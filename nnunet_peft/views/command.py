@@ -144,21 +144,16 @@ def _warn_if_not_axial(fingerprint_file: Path, log: Callable[[str], None]) -> No
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nnunet_peft.plans_from_checkpoint import NnUNetStepFailed
-
-    try:
-        if args.checkpoints:
-            if args.architecture != "unet" or args.target_spacing is not None:
-                raise ValueError("--architecture and --target-spacing come from the checkpoints when planning a "
-                                 "target from them; leave them out")
-            plan_views_from_checkpoints(args.dataset, args.checkpoints, plans_prefix=args.plans_prefix,
-                                        num_processes=args.num_processes, overwrite=args.overwrite,
-                                        intensity_properties=args.intensity_properties)
-        else:
-            plan_views(args.dataset, args.views, args.architecture, args.num_processes, args.target_spacing)
-    except NnUNetStepFailed as e:
-        print(f"nnunet-peft plan-views: error: {e}", file=sys.stderr)
-        return 1
+    # a failed nnU-Net step raises NnUNetStepFailed, which nnunet_peft.cli.main reports (exit status 1)
+    if args.checkpoints:
+        if args.architecture != "unet" or args.target_spacing is not None:
+            raise ValueError("--architecture and --target-spacing come from the checkpoints when planning a "
+                             "target from them; leave them out")
+        plan_views_from_checkpoints(args.dataset, args.checkpoints, plans_prefix=args.plans_prefix,
+                                    num_processes=args.num_processes, overwrite=args.overwrite,
+                                    intensity_properties=args.intensity_properties)
+    else:
+        plan_views(args.dataset, args.views, args.architecture, args.num_processes, args.target_spacing)
     return 0
 
 
