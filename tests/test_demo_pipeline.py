@@ -78,6 +78,25 @@ def test_run_logged_reports_epochs_and_failures(tmp_path):
     assert "boom" in (tmp_path / "logs" / "x.log").read_text(encoding="utf-8")
 
 
+def test_training_skips_validation_and_mode_timing_for_every_demo_trainer(tmp_path):
+    """demo/train.py replaces the two steps where every trainer the demo runs inherits them from, and then
+    a trainer's own steps print that they were skipped instead of running."""
+    import subprocess
+    import types
+
+    rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
+    trainers = [rs.pretrain_trainer] + [rs.finetune_trainer(m) for m in pipeline.METHODS if m != "NoFinetune"]
+    code = ("import types; from nnunet_peft.demo import train; from nnunet_peft.training.trainer import trainer_class; "
+            "train.patch_trainers(); "
+            f"classes = [trainer_class(t) for t in {trainers!r}]; "
+            "fake = types.SimpleNamespace(print_to_log_file=print); "
+            "[(c.perform_actual_validation(fake, True), c._choose_forward_modes(fake)) for c in classes]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    from nnunet_peft.demo.train import MODES_UNTUNED, VALIDATION_SKIPPED
+    assert done.stdout.splitlines() == [VALIDATION_SKIPPED, MODES_UNTUNED] * len(trainers)
+
+
 def test_steps_run_once_and_failed_steps_rerun(tmp_path):
     demo = Demo(DemoSettings(workdir=tmp_path, device="cpu"), out=lambda s: None)
     calls = []
@@ -100,65 +119,107 @@ def _write_label(path, array):
     sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
 
 
+def _write_dataset_json(folder, label_name):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, label_name: 1}}))
+
+
 def test_rerun_after_all_steps_only_prints_the_table(tmp_path):
-    """With every step marked done, the demo reads predictions and summaries and writes its table."""
-    settings = DemoSettings(workdir=tmp_path, device="cpu", methods=("LoRAC", "NoFinetune"))
+    """With every step marked done, the demo reads predictions and summaries and writes its table: adapters
+    from the served folders, Finetune from its own, NoFinetune and the base kept aside from the served base."""
+    settings = DemoSettings(workdir=tmp_path, device="cpu", methods=("LoRAC", "Finetune", "NoFinetune"))
     rs = resolve(settings)
+    _write_dataset_json(rs.raw / pipeline.SOURCE_NAME, "haemorrhage")
+    _write_dataset_json(rs.raw / pipeline.TARGET_NAME, "subarachnoid haemorrhage")
     ref = np.zeros((4, 6, 6), np.uint8)
     ref[1:3, 1:4, 1:4] = 1  # 18 voxels
     _write_label(rs.raw / pipeline.TARGET_NAME / "labelsTs" / "sah_024.nii.gz", ref)
+    _write_label(rs.raw / pipeline.SOURCE_NAME / "labelsTs" / "tbi_030.nii.gz", ref)
     half = ref.copy()
     half[2] = 0  # 9 of 18 voxels found: Dice 2*9/(9+18) = 2/3
-    _write_label(rs.predictions / rs.finetune_trainer("LoRAC") / "sah_024.nii.gz", half)
-    _write_label(rs.predictions / rs.finetune_trainer("NoFinetune") / "sah_024.nii.gz", ref)
-    fold = rs.model_folder(pipeline.TARGET_NAME, rs.finetune_trainer("LoRAC"), pipeline.TARGET_PLANS) / "fold_0"
-    fold.mkdir(parents=True)
-    (fold / "peft_summary.json").write_text(json.dumps({
-        "trainer_name": rs.finetune_trainer("LoRAC"), "method": "LoRAC", "trainable_parameters": 12345,
-        "total_parameters": 123450, "adapter_bytes": 49380, "mean_epoch_time_s": 1.0,
-        "peak_gpu_memory_bytes": None}))
-    stock = rs.model_folder(pipeline.TARGET_NAME, rs.finetune_trainer("NoFinetune"), pipeline.TARGET_PLANS) / "fold_0"
-    stock.mkdir(parents=True)
-    (stock / "peft_summary.json").write_text(json.dumps({  # the stock network: what Finetune would train
-        "trainer_name": rs.finetune_trainer("NoFinetune"), "method": "NoFinetune", "trainable_parameters": 0,
-        "total_parameters": 100_000, "adapter_bytes": 0}))
+    none = np.zeros_like(ref)
+    served, finetune = rs.predictions / "served", rs.predictions / rs.finetune_trainer("Finetune")
+    for folder, target, source in ((served / "LoRAC", half, ref), (served / "base", ref, ref),
+                                   (finetune, ref, none)):
+        _write_label(folder / "sah_024.nii.gz", target)
+        _write_label(folder / "tbi_030.nii.gz", source)
+    for method, summary in (("LoRAC", {"trainable_parameters": 12345, "total_parameters": 123450,
+                                       "adapter_bytes": 49380}),
+                            ("Finetune", {"trainable_parameters": 100_000, "total_parameters": 100_000,
+                                          "adapter_bytes": 400_000})):
+        fold = rs.model_folder(pipeline.TARGET_NAME, rs.finetune_trainer(method), pipeline.TARGET_PLANS) / "fold_0"
+        fold.mkdir(parents=True)
+        (fold / "peft_summary.json").write_text(json.dumps({"trainer_name": rs.finetune_trainer(method),
+                                                            "method": method, **summary}))
     keys = ["generate_data", "plan_source", f"pretrain__{rs.pretrain_trainer}__{rs.source_plans}",
-            f"plan_target__{rs.pretrain_trainer}__{rs.source_plans}"]
-    for m in settings.methods:
-        keys += [f"finetune__{rs.finetune_trainer(m)}", f"predict__{rs.finetune_trainer(m)}"]
+            f"plan_target__{rs.pretrain_trainer}__{rs.source_plans}",
+            f"finetune__{rs.finetune_trainer('LoRAC')}", f"finetune__{rs.finetune_trainer('Finetune')}",
+            f"serve__{rs.pretrain_trainer}__{rs.source_plans}__{rs.finetune_trainer('LoRAC')}",
+            f"predict__{rs.finetune_trainer('Finetune')}__target_and_source"]
     rs.state.mkdir(parents=True)
     for k in keys:
-        (rs.state / f"{k}.json").write_text(json.dumps({"seconds": 75.0}))
+        (rs.state / f"{k}.json").write_text(json.dumps({"seconds": 75.0, "stock_parameters": 100_000}))
 
     lines = []
     results = pipeline.run_demo(settings, out=lines.append)
     assert sum("skipped" in line for line in lines) == len(keys)
-    assert [r.method for r in results] == ["LoRAC", "NoFinetune"]
-    assert results[0].dice == pytest.approx([2 / 3]) and results[1].dice == pytest.approx([1.0])
+    assert sum("/8 " in line for line in lines) == len(keys)  # the step count is right
+    assert [r.method for r in results] == ["LoRAC", "Finetune", "NoFinetune", pipeline.BASE_ROW]
+    lorac, ft, nofinetune, base = results
+    assert lorac.dice == pytest.approx([2 / 3]) and lorac.source_dice == pytest.approx([1.0])
+    assert ft.dice == pytest.approx([1.0]) and ft.source_dice == pytest.approx([0.0])
+    assert nofinetune.dice == pytest.approx([1.0]) and nofinetune.source_dice == base.source_dice == pytest.approx([1.0])
     table = "\n".join(lines)
     assert "12,345 (12.3%)" in table and "48.2 KiB" in table and "1:15 min" in table
-    assert "| LoRAC | 0.667 | 12,345 (12.3%) | 48.2 KiB | 1:15 min |" in (tmp_path / "results.md").read_text(encoding="utf-8")
-    assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000" in (tmp_path / "results.csv").read_text(encoding="utf-8")
+    md = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "| base's task Dice |" in md.splitlines()[0]
+    assert "| LoRAC | 0.667 | 1.000 | 12,345 (12.3%) | 48.2 KiB | 1:15 min |" in md
+    assert "| Finetune | 1.000 | 0.000 | 100,000 (100.0%) | 390.6 KiB | 1:15 min |" in md
+    assert "| NoFinetune | 1.000 | 1.000 | 0 (0.0%) | 0 B | 0 s |" in md
+    assert "| base (kept aside) | - | 1.000 | - | - | - |" in md
+    csv_text = (tmp_path / "results.csv").read_text(encoding="utf-8")
+    assert "NoFinetune,nnUNetTrainerNoFinetune,1.0000,1.0000,1.0000,1.0000,0,100000,0,0.0" in csv_text
+    assert "LoRAC," + rs.finetune_trainer("LoRAC") + ",0.6667,0.6667,1.0000,1.0000," in csv_text
+
+
+def test_without_finetune_the_stock_network_is_the_reference(tmp_path):
+    """NoFinetune's 'trainable parameters' share is of the stock network, counted from the base."""
+    rows = pipeline.table_rows([
+        MethodResult("CPLoRA", "t", [0.5], 1.0, {"trainable_parameters": 250}, [0.25]),
+        MethodResult("NoFinetune", "n", [0.5], 0.0, {"trainable_parameters": 0, "total_parameters": 1000,
+                                                      "adapter_bytes": 0}, [0.5])])
+    assert rows[0][3] == "250 (25.0%)" and rows[1][3] == "0 (0.0%)"
+
+
+def test_the_shared_class_must_be_blood_one(tmp_path):
+    _write_dataset_json(tmp_path / "s", "haemorrhage")
+    _write_dataset_json(tmp_path / "t", "subarachnoid haemorrhage")
+    assert pipeline.shared_label(tmp_path / "s", tmp_path / "t") == 1
+    (tmp_path / "t" / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "sah": 1, "ivh": 2}}))
+    with pytest.raises(ValueError, match="one foreground class"):
+        pipeline.shared_label(tmp_path / "s", tmp_path / "t")
 
 
 def test_table_formatting():
     results = [MethodResult("CPLoRA", "t1", [0.5, 0.7], 30.0, {"trainable_parameters": 1000,
                                                               "total_parameters": 1_000_000,
                                                               "adapter_bytes": 5 * 1024 * 1024}),
-               MethodResult("Finetune", "t2", [float("nan"), 0.25], None, {"trainable_parameters": 500_000})]
+               MethodResult("Finetune", "t2", [float("nan"), 0.25], None, {"trainable_parameters": 500_000},
+                            [0.125, 0.375])]
     lines = format_table(results).splitlines()
     assert "(% of Finetune's)" in lines[0]
-    assert lines[0].split()[:2] == ["method", "Dice"]
+    assert lines[0].split()[:5] == ["method", "Dice", "base's", "task", "Dice"]
     assert set(lines[1]) <= {"-", " "}
     assert "0.600 ± 0.141" in lines[2] and "1,000 (0.2%)" in lines[2] and "5.0 MiB" in lines[2] and "30 s" in lines[2]
-    assert "0.250" in lines[3] and "500,000 (100.0%)" in lines[3] and lines[3].count("n/a") == 2
+    assert "0.250" in lines[3] and "0.250 ± 0.177" in lines[3] and "500,000 (100.0%)" in lines[3]
+    assert lines[2].count("n/a") == 1 and lines[3].count("n/a") == 2  # CPLoRA's base's task Dice was not measured
     assert len({len(line) for line in lines}) == 1  # aligned
     assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
 
 
 def test_tables_are_written(tmp_path):
     write_tables([MethodResult("LoRAC", "t", [0.5], 10.0, None)], tmp_path)
-    assert (tmp_path / "results.md").read_text(encoding="utf-8").splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | 10 s |"
+    assert (tmp_path / "results.md").read_text(encoding="utf-8").splitlines()[2] == "| LoRAC | 0.500 | n/a | n/a | n/a | 10 s |"
 
 
 def test_split_validates_on_the_last_cases_and_is_kept(tmp_path):

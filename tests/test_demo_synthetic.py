@@ -104,3 +104,29 @@ def test_write_dataset_layout(tmp_path):
         write_dataset(tmp_path, 902, "sah", 3, 0, shape=SHAPE, spacing=SPACING)
     with pytest.raises(FileExistsError, match="taken by"):
         write_dataset(tmp_path, 902, "tbi", 3, 0, shape=SHAPE, spacing=SPACING)
+
+
+def test_test_cases_added_later_are_those_written_with_the_dataset(tmp_path):
+    """A source written without held-out cases gets exactly the ones a new one has (indices after training)."""
+    import SimpleITK as sitk
+
+    from nnunet_peft.demo.synthetic import write_test_cases
+
+    with_test = write_dataset(tmp_path / "a", 901, "tbi", num_train=2, num_test=2, seed=1, shape=SHAPE, spacing=SPACING)
+    later = write_dataset(tmp_path / "b", 901, "tbi", num_train=2, num_test=0, seed=1, shape=SHAPE, spacing=SPACING)
+    assert not (later / "imagesTs").exists()
+    write_test_cases(later, "tbi", 2, 2, seed=1, shape=SHAPE, spacing=SPACING)
+    assert sorted(p.name for p in later.iterdir() if p.name.startswith(".")) == []  # no temp left
+    for sub in ("imagesTs", "labelsTs"):
+        names = sorted(p.name for p in (with_test / sub).iterdir())
+        assert names == sorted(p.name for p in (later / sub).iterdir()) and len(names) == 2
+        for name in names:
+            a, b = (sitk.ReadImage(str(folder / sub / name)) for folder in (with_test, later))
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), name
+            assert a.GetSpacing() == b.GetSpacing()
+    # the held-out cases are not training cases
+    assert not {p.name for p in (later / "imagesTs").iterdir()} & {p.name for p in (later / "imagesTr").iterdir()}
+    with pytest.raises(FileExistsError, match="labelsTs exists"):
+        write_test_cases(later, "tbi", 2, 2, seed=1, shape=SHAPE, spacing=SPACING)
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        write_test_cases(tmp_path / "nowhere", "tbi", 2, 2)

@@ -1,6 +1,12 @@
 """The demo's steps: synthetic data, stock nnU-Net pretraining, plans from the checkpoint, fine-tuning
 with several methods, prediction of held-out cases and a results table.
 
+The adapters end as they are meant to be used: exported and served, all of them and the base's own
+task, from the one pretrained base by ``nnunet-peft predict --base`` (one process, the base loaded
+once), on the target's held-out cases and on held-out cases of the source, so the table shows beside
+each method's Dice on the new task what its model does to the base's task, and that the base kept
+aside is the base.
+
 Every nnU-Net step runs through nnU-Net's own command line in a subprocess whose environment points
 nnUNet_raw / nnUNet_preprocessed / nnUNet_results into one work folder, so the demo never touches a
 user's real nnU-Net folders, and each step's verbose output goes to its own log file there.
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nnunet_peft.atomic import staged_folder
 from nnunet_peft.demo import synthetic
 from nnunet_peft.plans_variant import write_plans_variant
 
@@ -33,11 +40,18 @@ FOLD = 0
 TARGET_PLANS = "nnUNetPlans_pretrained"  # plan-from-checkpoint's default name
 SUMMARY_NAME = "peft_summary.json"  # written by the plugin's trainers into fold_K/
 NUM_SOURCE_CASES = 30
+# source cases the pretraining never sees (imagesTs; nnU-Net trains on imagesTr only): the base's task
+NUM_SOURCE_TEST = 6
 NUM_TARGET_TRAIN, NUM_TARGET_TEST = 24, 6  # about the size of a small SAH cohort
-# nnU-Net validates on the held-out fold after training, with mirroring: minutes on a CPU for the
-# default 20% of cases. The demo scores the held-out test cases instead, so its fold keeps only two.
+# nnU-Net's fold holds cases out for its per-epoch validation loss and pseudo-Dice; the demo scores the
+# held-out test cases instead (and skips nnU-Net's validation after training: demo/train.py), so the fold
+# keeps only two.
 NUM_VALIDATION_CASES = 2
 METHODS: tuple[str, ...] = ("CPLoRA", "LoRAC", "DoRAC", "Finetune", "NoFinetune")
+# the methods that are not adapters: Finetune is a whole model of its own; NoFinetune is the base itself
+# (the checkpoint as it is), so it is what the served base predicts and is not trained
+BASELINES = ("Finetune", "NoFinetune")
+BASE_ROW = "base (kept aside)"
 DEFAULT_WORKDIR = Path("nnunet_peft_demo")
 
 
@@ -144,6 +158,24 @@ class ResolvedSettings:
     def predictions(self) -> Path:
         return self.workdir / "predictions"
 
+    @property
+    def adapters(self) -> Path:
+        return self.workdir / "adapters"
+
+    @property
+    def test_images(self) -> Path:
+        """The target's held-out images and the source's, in one folder: one prediction run each."""
+        return self.workdir / "test_images"
+
+    @property
+    def served(self) -> Path:
+        """``nnunet-peft predict``'s output: one sub-folder per adapter method, ``base/``."""
+        return self.predictions / "served"
+
+    @property
+    def adapter_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m not in BASELINES)
+
     def model_folder(self, dataset: str, trainer: str, plans: str) -> Path:
         return self.results / dataset / f"{trainer}__{plans}__{CONFIGURATION}"
 
@@ -226,7 +258,6 @@ def nnunet_cli(entry_point: str) -> list[str]:
 
 _CLI = {
     "plan_and_preprocess": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
-    "train": "nnunetv2.run.run_training:run_training_entry",
 }
 
 
@@ -239,6 +270,7 @@ class MethodResult:
     dice: list[float] = field(default_factory=list)
     train_seconds: float | None = None
     summary: dict | None = None
+    source_dice: list[float] = field(default_factory=list)  # on the source's held-out cases: the base's task
 
 
 class Demo:
@@ -248,7 +280,8 @@ class Demo:
         self.t0 = time.monotonic()
         self.env = nnunet_environment(self.rs)
         self.step_no = 0
-        self.num_steps = 4 + 2 * len(self.rs.methods)
+        trained = [m for m in self.rs.methods if m != "NoFinetune"]
+        self.num_steps = 4 + len(trained) + 1 + ("Finetune" in trained)
 
     # ---- bookkeeping
     def _elapsed(self) -> str:
@@ -296,17 +329,29 @@ class Demo:
                    lambda log: self._train(log, SOURCE_ID, pretrain, rs.source_plans, rs.schedule.pretrain_epochs))
         self._step(f"plan_target__{pretrain}__{rs.source_plans}",
                    f"plan the target ({TARGET_NAME}) from the source checkpoint", self._plan_target)
-        results = []
+        seconds = {}
         for method in rs.methods:
+            if method == "NoFinetune":  # the base itself: nothing to train, the served base predicts it
+                continue
             trainer = rs.finetune_trainer(method)
-            epochs = 0 if method == "NoFinetune" else rs.schedule.finetune_epochs
             rec = self._step(f"finetune__{trainer}", f"fine-tune on the target: {method} ({trainer})",
-                             lambda log, t=trainer, e=epochs: self._train(log, TARGET_ID, t, TARGET_PLANS, e,
-                                                                          pretrained=rs.source_checkpoint))
-            self._step(f"predict__{trainer}", f"predict the {NUM_TARGET_TEST} held-out target cases: {method}",
-                       lambda log, t=trainer: self._predict(log, t))
-            results.append(self._collect(method, trainer, rec.get("seconds")))
-        self.out(f"[{self._elapsed()}] results ({NUM_TARGET_TEST} held-out target cases):")
+                             lambda log, t=trainer: self._train(log, TARGET_ID, t, TARGET_PLANS,
+                                                                rs.schedule.finetune_epochs,
+                                                                pretrained=rs.source_checkpoint))
+            seconds[method] = rec.get("seconds")
+        adapters = rs.adapter_methods
+        served = self._step(
+            "serve__" + "__".join([f"{pretrain}__{rs.source_plans}"] + [rs.finetune_trainer(m) for m in adapters]),
+            f"nnunet-peft predict --base{' with ' + ', '.join(adapters) if adapters else ''}: "
+            f"{NUM_TARGET_TEST} held-out target and {NUM_SOURCE_TEST} held-out source cases", self._serve)
+        if "Finetune" in rs.methods:
+            trainer = rs.finetune_trainer("Finetune")
+            self._step(f"predict__{trainer}__target_and_source",
+                       f"predict the same cases with Finetune's model (nnU-Net's predictor)",
+                       lambda log: self._predict(log, trainer))
+        results = [self._collect(m, seconds.get(m), served) for m in rs.methods] + [self._collect_base()]
+        self.out(f"[{self._elapsed()}] results (Dice: {NUM_TARGET_TEST} held-out target cases; base's task Dice: "
+                 f"{NUM_SOURCE_TEST} held-out source cases):")
         table = format_table(results)
         self.out(table)
         write_tables(results, rs.workdir)
@@ -317,7 +362,7 @@ class Demo:
         rs = self.rs
         made = []
         for dataset_id, name, task, n_train, n_test in (
-                (SOURCE_ID, SOURCE_NAME, "tbi", NUM_SOURCE_CASES, 0),
+                (SOURCE_ID, SOURCE_NAME, "tbi", NUM_SOURCE_CASES, NUM_SOURCE_TEST),
                 (TARGET_ID, TARGET_NAME, "sah", NUM_TARGET_TRAIN, NUM_TARGET_TEST)):
             if not (rs.raw / name / "dataset.json").is_file():  # written atomically: present means complete
                 synthetic.write_dataset(rs.raw, dataset_id, task, n_train, n_test, seed=rs.seed)
@@ -326,8 +371,10 @@ class Demo:
 
     def _plan_source(self, log_file: Path) -> dict:
         rs = self.rs
+        # -npfp: nnU-Net's integrity check and fingerprint otherwise start 8 worker processes each
         run_logged(nnunet_cli(_CLI["plan_and_preprocess"]) + [
-            "-d", str(SOURCE_ID), "-c", CONFIGURATION, "-np", str(rs.num_processes), "--verify_dataset_integrity"],
+            "-d", str(SOURCE_ID), "-c", CONFIGURATION, "-np", str(rs.num_processes), "-npfp", str(rs.num_processes),
+            "--verify_dataset_integrity"],
             log_file, self.env, "plan and preprocess the source")
         if rs.base_features is not None:
             write_plans_variant(rs.preprocessed / SOURCE_NAME, rs.source_plans, CONFIGURATION,
@@ -338,8 +385,9 @@ class Demo:
                pretrained: Path | None = None) -> dict:
         name = SOURCE_NAME if dataset_id == SOURCE_ID else TARGET_NAME
         write_split(self.rs.raw / name, self.rs.preprocessed / name, NUM_VALIDATION_CASES)
-        command = nnunet_cli(_CLI["train"]) + [str(dataset_id), CONFIGURATION, str(FOLD), "-tr", trainer,
-                                               "-p", plans, "-device", self.rs.device]
+        # nnUNetv2_train without its validation and without timing the forward modes (demo/train.py says why)
+        command = [sys.executable, "-m", "nnunet_peft.demo.train", str(dataset_id), CONFIGURATION, str(FOLD),
+                   "-tr", trainer, "-p", plans, "-device", self.rs.device]
         if pretrained is not None:
             command += ["-pretrained_weights", str(pretrained)]
         run_logged(command, log_file, self.env, f"train {trainer}",
@@ -354,6 +402,58 @@ class Demo:
                    log_file, self.env, "plan the target from the checkpoint")
         return {}
 
+    @contextlib.contextmanager
+    def _in_process(self, log_file: Path, what: str):
+        """Run nnU-Net in this process with the demo's environment, its output going to ``log_file``."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_file, "w", encoding="utf-8") as log, _patched_environ(self.env), \
+                    contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield log
+        except Exception as e:
+            tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+            raise DemoStepFailed(f"step '{what}' failed ({type(e).__name__}: {e}); full log: "
+                                 f"{log_file}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)) from e
+
+    def _test_images(self) -> Path:
+        """The target's and the source's held-out images in one folder (their case names differ)."""
+        rs = self.rs
+        source = rs.raw / SOURCE_NAME
+        if not (source / "labelsTs").is_dir():  # a work folder from a demo that held no source cases out
+            synthetic.write_test_cases(source, "tbi", NUM_SOURCE_CASES, NUM_SOURCE_TEST, seed=rs.seed)
+        folder = rs.test_images
+        with staged_folder(folder, overwrite=True) as tmp:
+            for dataset in (TARGET_NAME, SOURCE_NAME):
+                for image in sorted((rs.raw / dataset / "imagesTs").glob("*.nii.gz")):
+                    shutil.copy2(image, tmp / image.name)
+        return folder
+
+    def _serve(self, log_file: Path) -> dict:
+        """Every adapter method exported and served with the base's own task from the one base."""
+        from nnunet_peft.commands.adapters import export_adapter
+        from nnunet_peft.named_adapters import load_base
+        from nnunet_peft.serving.predict import predict_many
+        from nnunet_peft.summary import count_parameters
+
+        rs = self.rs
+        shared_label(rs.raw / SOURCE_NAME, rs.raw / TARGET_NAME)
+        images = self._test_images()
+        with self._in_process(log_file, "serve the adapters and the base") as log:
+            exported = []
+            for method in rs.adapter_methods:
+                model = rs.model_folder(TARGET_NAME, rs.finetune_trainer(method), TARGET_PLANS)
+                # named after the method: nnunet-peft predict names its output sub-folders after these
+                export_adapter(model, rs.adapters / method, overwrite=True)
+                exported.append(rs.adapters / method)
+            summary = predict_many(images, rs.served, rs.source_checkpoint, exported, base=True, device=rs.device,
+                                   use_mirroring=rs.device == "cuda", overwrite=True,
+                                   log=lambda text: print(f"nnunet-peft predict: {text}", file=log, flush=True))
+            # what NoFinetune "trains": nothing of the stock network; its size is every percentage's base
+            # when Finetune is not run
+            _, stock = count_parameters(load_base(rs.source_checkpoint))
+        return {"load_s": round(summary["load_s"], 1), "predict_s": round(summary["predict_s"], 1),
+                "shared_stages": summary["shared_stages"], "stock_parameters": stock}
+
     def _predict(self, log_file: Path, trainer: str) -> dict:
         rs = self.rs
         output = rs.predictions / trainer
@@ -361,25 +461,38 @@ class Demo:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # the sequential predictor writes its arguments there first
         model = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS)
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(log_file, "w", encoding="utf-8") as log, _patched_environ(self.env), \
-                    contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                predict_folder(model, rs.raw / TARGET_NAME / "imagesTs", staging, rs.device)
-        except Exception as e:
-            tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
-            raise DemoStepFailed(f"step 'predict with {trainer}' failed ({type(e).__name__}: {e}); full log: "
-                                 f"{log_file}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)) from e
+        images = rs.test_images if rs.test_images.is_dir() else self._test_images()
+        with self._in_process(log_file, f"predict with {trainer}"):
+            predict_folder(model, images, staging, rs.device)
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)
         return {}
 
-    def _collect(self, method: str, trainer: str, train_seconds: float | None) -> MethodResult:
+    def _scores(self, predictions: Path) -> tuple[list[float], list[float]]:
+        """Dice on the target's held-out cases and on the source's (the class both label blood)."""
         rs = self.rs
+        label = shared_label(rs.raw / SOURCE_NAME, rs.raw / TARGET_NAME)
+        return (dice_scores(rs.raw / TARGET_NAME / "labelsTs", predictions, label),
+                dice_scores(rs.raw / SOURCE_NAME / "labelsTs", predictions, label))
+
+    def _collect(self, method: str, train_seconds: float | None, served: dict) -> MethodResult:
+        rs = self.rs
+        trainer = rs.finetune_trainer(method)
+        if method == "NoFinetune":  # the checkpoint as it is: exactly the served base
+            summary = {"trainable_parameters": 0, "total_parameters": served.get("stock_parameters"),
+                       "adapter_bytes": 0}
+            dice, source_dice = self._scores(rs.served / "base")
+            return MethodResult(method, trainer, dice, 0.0, summary, source_dice)
         summary_file = rs.model_folder(TARGET_NAME, trainer, TARGET_PLANS) / f"fold_{FOLD}" / SUMMARY_NAME
         summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
-        dice = dice_scores(rs.raw / TARGET_NAME / "labelsTs", rs.predictions / trainer)
-        return MethodResult(method, trainer, dice, train_seconds, summary)
+        dice, source_dice = self._scores(rs.served / method if method in rs.adapter_methods
+                                         else rs.predictions / trainer)
+        return MethodResult(method, trainer, dice, train_seconds, summary, source_dice)
+
+    def _collect_base(self) -> MethodResult:
+        """The base's task served by the base itself: its Dice is the base's, nothing forgotten."""
+        _, source_dice = self._scores(self.rs.served / "base")
+        return MethodResult(BASE_ROW, self.rs.pretrain_trainer, [], None, None, source_dice)
 
 
 def predict_folder(model_folder: Path, images: Path, output: Path, device: str) -> None:
@@ -426,8 +539,26 @@ def write_split(raw_dataset: Path, preprocessed_dataset: Path, num_val: int) -> 
     return path
 
 
-def dice_scores(reference_folder: Path, prediction_folder: Path) -> list[float]:
-    """Per-case Dice of label 1 with nnU-Net's own metric code, one value per reference case."""
+def shared_label(source: Path, target: Path) -> int:
+    """The label value of the one class the source and the target share: blood.
+
+    A model fine-tuned on the target predicts the target's classes; on source cases what it calls
+    blood is compared with the source's blood. Both synthetic datasets have exactly one foreground
+    class, blood, as 1 (source: haemorrhage, target: subarachnoid haemorrhage); anything else is refused.
+    """
+    values = []
+    for folder in (source, target):
+        labels = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["labels"]
+        foreground = sorted(int(v) for k, v in labels.items() if k != "background")
+        if labels.get("background") != 0 or foreground != [1]:
+            raise ValueError(f"{folder / 'dataset.json'} labels {labels}; the demo expects background 0 and one "
+                             f"foreground class (blood) 1")
+        values.append(foreground[0])
+    return values[0]
+
+
+def dice_scores(reference_folder: Path, prediction_folder: Path, label: int = 1) -> list[float]:
+    """Per-case Dice of ``label`` with nnU-Net's own metric code, one value per reference case."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
@@ -439,13 +570,14 @@ def dice_scores(reference_folder: Path, prediction_folder: Path) -> list[float]:
         pred = prediction_folder / ref.name
         if not pred.is_file():
             raise FileNotFoundError(f"prediction {pred} is missing for reference {ref}; rerun the demo")
-        scores.append(float(compute_metrics(str(ref), str(pred), SimpleITKIO(), [1])["metrics"][1]["Dice"]))
+        scores.append(float(compute_metrics(str(ref), str(pred), SimpleITKIO(), [label])["metrics"][label]["Dice"]))
     return scores
 
 
 # --------------------------------------------------------------------------- the table
 
-COLUMNS = ("method", "Dice", "trainable parameters (% of Finetune's)", "adapter file", "training time")
+COLUMNS = ("method", "Dice", "base's task Dice", "trainable parameters (% of Finetune's)", "adapter file",
+           "training time")
 
 
 def finetune_parameters(results: Sequence[MethodResult]) -> int | None:
@@ -460,20 +592,35 @@ def table_rows(results: Sequence[MethodResult]) -> list[tuple[str, ...]]:
     rows = []
     reference = finetune_parameters(results)
     for r in results:
+        if r.method == BASE_ROW:  # serves the base's task only; on the new task it is NoFinetune
+            rows.append((r.method, "-", _dice_text(r.source_dice), "-", "-", "-"))
+            continue
         s = r.summary or {}
-        dice = [d for d in r.dice if d == d]  # nnU-Net gives NaN when both masks are empty
-        dice_text = f"{sum(dice) / len(dice):.3f}" if dice else "n/a"
-        if len(dice) > 1:
-            mean = sum(dice) / len(dice)
-            sd = (sum((d - mean) ** 2 for d in dice) / (len(dice) - 1)) ** 0.5
-            dice_text += f" ± {sd:.3f}"
         trainable = s.get("trainable_parameters")
         params_text = "n/a" if trainable is None else f"{trainable:,}" + (
             f" ({100.0 * trainable / reference:.1f}%)" if reference else "")
         size = s.get("adapter_bytes")
-        rows.append((r.method, dice_text, params_text, "n/a" if size is None else format_bytes(size),
+        rows.append((r.method, _dice_text(r.dice), _dice_text(r.source_dice), params_text,
+                     "n/a" if size is None else format_bytes(size),
                      "n/a" if r.train_seconds is None else _duration(r.train_seconds)))
     return rows
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v == v]  # nnU-Net gives NaN when both masks are empty
+    return sum(values) / len(values) if values else None
+
+
+def _dice_text(dice: Sequence[float]) -> str:
+    """Mean ± sd over the cases (sd with two or more)."""
+    dice = [d for d in dice if d == d]
+    if not dice:
+        return "n/a"
+    mean = sum(dice) / len(dice)
+    text = f"{mean:.3f}"
+    if len(dice) > 1:
+        text += f" ± {(sum((d - mean) ** 2 for d in dice) / (len(dice) - 1)) ** 0.5:.3f}"
+    return text
 
 
 def format_table(results: Sequence[MethodResult]) -> str:
@@ -493,15 +640,17 @@ def write_tables(results: Sequence[MethodResult], folder: Path) -> None:
     (folder / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "trainer", "dice_mean", "dice_per_case", "trainable_parameters",
-                         "total_parameters", "adapter_bytes", "training_seconds"])
+        writer.writerow(["method", "trainer", "dice_mean", "dice_per_case", "base_task_dice_mean",
+                         "base_task_dice_per_case", "trainable_parameters", "total_parameters", "adapter_bytes",
+                         "training_seconds"])
         for r in results:
             s = r.summary or {}
-            dice = [d for d in r.dice if d == d]
-            writer.writerow([r.method, r.trainer, f"{sum(dice) / len(dice):.4f}" if dice else "",
-                             " ".join(f"{d:.4f}" for d in r.dice), s.get("trainable_parameters", ""),
-                             s.get("total_parameters", ""), s.get("adapter_bytes", ""),
-                             "" if r.train_seconds is None else r.train_seconds])
+            means = [_mean(r.dice), _mean(r.source_dice)]
+            writer.writerow([r.method, r.trainer, *[
+                cell for mean, dice in zip(means, (r.dice, r.source_dice))
+                for cell in ("" if mean is None else f"{mean:.4f}", " ".join(f"{d:.4f}" for d in dice))],
+                s.get("trainable_parameters", ""), s.get("total_parameters", ""), s.get("adapter_bytes", ""),
+                "" if r.train_seconds is None else r.train_seconds])
 
 
 def format_bytes(n: int) -> str:

@@ -404,15 +404,9 @@ def write_dataset(
     raw_folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=raw_folder))
     try:
-        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if num_test else ()):
-            (tmp / sub).mkdir()
-        for i in range(num_train + num_test):
-            case = synthesize_case(case_rng(seed, task, i), task, shape, spacing)
-            split = "Tr" if i < num_train else "Ts"
-            case_id = f"{task}_{i:03d}"
-            _write_nifti(sitk, np.round(case.image).astype(np.int16), spacing,
-                         tmp / f"images{split}" / f"{case_id}_0000.nii.gz")
-            _write_nifti(sitk, case.label, spacing, tmp / f"labels{split}" / f"{case_id}.nii.gz")
+        _write_cases(sitk, tmp, "Tr", task, range(num_train), seed, shape, spacing)
+        if num_test:
+            _write_cases(sitk, tmp, "Ts", task, range(num_train, num_train + num_test), seed, shape, spacing)
         label_name = "haemorrhage" if task == "tbi" else "subarachnoid haemorrhage"
         generate_dataset_json(
             str(tmp), channel_names={0: "CT"}, labels={"background": 0, label_name: 1},
@@ -427,6 +421,54 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def write_test_cases(
+    dataset_folder: str | os.PathLike,
+    task: Task,
+    first_index: int,
+    num_test: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+) -> Path:
+    """Add ``imagesTs``/``labelsTs`` with cases ``first_index ..`` to a dataset written without them.
+
+    The cases are those ``write_dataset`` writes as its held-out cases when ``first_index`` is its
+    ``num_train`` (each case is a function of seed, task and index), so a dataset written before
+    held-out cases were wanted gets exactly the ones a new one has. ``labelsTs`` is moved into place
+    last: its presence means both folders are complete.
+    """
+    import SimpleITK as sitk
+
+    if first_index < 0 or num_test < 1:
+        raise ValueError(f"need first_index >= 0 and num_test >= 1, got {first_index} and {num_test}")
+    folder = Path(dataset_folder)
+    if not (folder / "dataset.json").is_file():
+        raise FileNotFoundError(f"{folder / 'dataset.json'} not found; write the dataset with write_dataset first")
+    if (folder / "labelsTs").exists():
+        raise FileExistsError(f"{folder / 'labelsTs'} exists already; delete imagesTs and labelsTs to write them again")
+    tmp = Path(tempfile.mkdtemp(prefix=".test_cases.", dir=folder))
+    try:
+        _write_cases(sitk, tmp, "Ts", task, range(first_index, first_index + num_test), seed, shape, spacing)
+        shutil.rmtree(folder / "imagesTs", ignore_errors=True)  # left by an interrupted earlier call
+        (tmp / "imagesTs").rename(folder / "imagesTs")
+        (tmp / "labelsTs").rename(folder / "labelsTs")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _write_cases(sitk, folder: Path, split: str, task: Task, indices, seed: int,
+                 shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
+    (folder / f"images{split}").mkdir()
+    (folder / f"labels{split}").mkdir()
+    for i in indices:
+        case = synthesize_case(case_rng(seed, task, i), task, shape, spacing)
+        case_id = f"{task}_{i:03d}"
+        _write_nifti(sitk, np.round(case.image).astype(np.int16), spacing,
+                     folder / f"images{split}" / f"{case_id}_0000.nii.gz")
+        _write_nifti(sitk, case.label, spacing, folder / f"labels{split}" / f"{case_id}.nii.gz")
 
 
 def _write_nifti(sitk, array: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
