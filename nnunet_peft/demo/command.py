@@ -30,8 +30,10 @@ def add_parser(subparsers) -> None:
         help="run the whole workflow on synthetic head CT (no data or GPU needed)",
         description="Generate synthetic head CT with traumatic haemorrhages (source) and subarachnoid "
         "haemorrhage (target), pretrain a stock nnU-Net on the source, plan the target from that "
-        "checkpoint, fine-tune with CPLoRA, LoRAC, DoRAC, full fine-tuning and no fine-tuning, predict "
-        "held-out target cases and print Dice, trainable parameters, adapter size and training time. "
+        "checkpoint, fine-tune with CPLoRA, LoRAC, DoRAC and full fine-tuning, serve the adapters and the "
+        "base's own task from the one base with `nnunet-peft predict --base`, and print each model's Dice on "
+        "held-out target cases and on held-out source cases (the base's task; no fine-tuning is the base), "
+        "trainable parameters, adapter size and training time. "
         "Everything stays in one work folder; rerunning skips finished steps.",
     )
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
