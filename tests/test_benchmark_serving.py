@@ -25,7 +25,7 @@ def test_a_tiny_run_reports_every_row_with_identical_predictions(tmp_path, capsy
     assert bench.main(["--ks", "2", "--kinds", "dec", "all", "--cases", "1", "--image", "12", "24", "24",
                        "--patch", "8", "16", "16", "--stages", "3", "--features", "4", "--max-features", "16",
                        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "report.md")]) == 0
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
     rows = [line.split("|")[1:-1] for line in report.splitlines() if re.match(r"\| (dec|all) \| \d \| \d", line)]
     timing = [r for r in rows if len(r) == 14]
     assert [(r[0].strip(), r[1].strip()) for r in timing] == [("dec", "2"), ("all", "2")]

@@ -91,7 +91,7 @@ def test_training_skips_validation_and_mode_timing_for_every_demo_trainer(tmp_pa
             f"classes = [trainer_class(t) for t in {trainers!r}]; "
             "fake = types.SimpleNamespace(print_to_log_file=print); "
             "[(c.perform_actual_validation(fake, True), c._choose_forward_modes(fake)) for c in classes]")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr
     from nnunet_peft.demo.train import MODES_UNTUNED, VALIDATION_SKIPPED
     assert done.stdout.splitlines() == [VALIDATION_SKIPPED, MODES_UNTUNED] * len(trainers)

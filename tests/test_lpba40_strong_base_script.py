@@ -89,7 +89,7 @@ def test_summary_measures_learning_on_the_new_class_and_forgetting_against_the_b
     assert table.loc[("Finetune", 1), "new"] == pytest.approx(0.81 + 0.015)
     assert table.loc[("CPLoRA", 5), "forgetting"] == pytest.approx(0.75 - 0.8)
     assert table.loc[("Finetune", 2), "forgetting"] == pytest.approx(0.70 - 0.8)
-    text = (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| CPLoRA | 1 | 2 |" in text and "-0.100" in text and (tmp_path / "gain_forgetting.png").is_file()
 
 

@@ -155,8 +155,8 @@ def test_each_subfolder_is_what_apply_adapter_and_nnunet_predict_write(served, t
         applied = apply_adapter(folder, base, tmp_path / f"applied_{name}")
         theirs = reference(applied, inputs, tmp_path / f"reference_{name}", mirroring=False)
         assert_same_predictions(tmp_path / "out" / name, theirs, ["case0", "case1"])
-        assert json.loads((tmp_path / "out" / name / "dataset.json").read_text()) == json.loads(
-            (folder / "dataset.json").read_text())
+        assert json.loads((tmp_path / "out" / name / "dataset.json").read_text(encoding="utf-8")) == json.loads(
+            (folder / "dataset.json").read_text(encoding="utf-8"))
     # the base's own task is the base: exactly what its own model folder predicts
     assert_same_predictions(tmp_path / "out" / "base",
                             reference(base.parent.parent, inputs, tmp_path / "ref_base", mirroring=False),
@@ -201,7 +201,7 @@ def test_combine_follows_its_rule_and_refuses_colliding_names(served, tmp_path, 
                             adapters["organs"], "--combine", "--save_probabilities", "-device", "cpu",
                             "--disable_tta"], capsys)
     assert code == 0, err
-    table = json.loads((out / "combined" / "labels.json").read_text())
+    table = json.loads((out / "combined" / "labels.json").read_text(encoding="utf-8"))
     assert table["labels"] == {"background": 0, "blood": 1, "vessel": 2, "tumour": 3, "liver": 4, "spleen": 5,
                                "kidney": 6}
     assert table["sources"]["spleen"] == {"task": "organs", "label": 2} and "highest probability" in table["rule"]
@@ -321,6 +321,6 @@ def test_a_subfolder_is_what_the_nnunet_command_line_writes(served, tmp_path, ca
                                    "nnUNet_results": str(tmp_path)}
     proc = subprocess.run(["nnUNetv2_predict_from_modelfolder", "-i", str(inputs), "-o", str(tmp_path / "cli"), "-m",
                            str(applied), "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities", "-npp", "1",
-                           "-nps", "1"], env=env, capture_output=True, text=True)
+                           "-nps", "1"], env=env, capture_output=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_predictions(tmp_path / "out" / "tumour", tmp_path / "cli", ["case0", "case1"])
