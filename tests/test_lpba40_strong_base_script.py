@@ -1,31 +1,16 @@
 """The strong-base study's own logic: disjoint subject split, nested folds per draw, the summary (no training)."""
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lpba40_strong_base.py"
+from script_helpers import fake_lpba40 as _fake_lpba40, load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPT.parent))  # it shares lpba40_transfer's steps
-    spec = importlib.util.spec_from_file_location("lpba40_strong_base", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fake_lpba40(root: Path, n: int) -> Path:
-    for sub, suffix in (("images", "skullstripped"), ("labels", "structure.label")):
-        (root / sub).mkdir(parents=True)
-        for i in range(2, 2 + n):
-            (root / sub / f"S{i:02d}.delineation.{suffix}.nii.gz").write_bytes(b"")
-    return root
+    return load_script("lpba40_strong_base")
 
 
 def _args(script, root: Path, *argv: str) -> argparse.Namespace:

@@ -1,29 +1,17 @@
 """The LPBA40 transfer script's own logic: subject split and learning-curve folds (no training)."""
 import argparse
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lpba40_transfer.py"
+from script_helpers import fake_lpba40 as _fake_lpba40, load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("lpba40_transfer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fake_lpba40(root: Path, n: int) -> Path:
-    for sub, suffix in (("images", "skullstripped"), ("labels", "structure.label")):
-        (root / sub).mkdir(parents=True)
-        for i in range(2, 2 + n):
-            (root / sub / f"S{i:02d}.delineation.{suffix}.nii.gz").write_bytes(b"")
-    return root
+    return load_script("lpba40_transfer")
 
 
 def test_subject_split_is_seeded_and_disjoint(script, tmp_path):
