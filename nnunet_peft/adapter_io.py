@@ -211,26 +211,35 @@ def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base:
         return load_named_adapter(network, directory, record, config, name, allow_other_base, base_name)
     if get_config(network) is not None and get_config(network) != config:
         raise ValueError(f"the network holds adapters {get_config(network)} but {directory} holds {config}")
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the adapter folder is incomplete")
-    tensors = load_file(str(weights))
+    tensors = read_adapter_weights(directory)
     # before injecting anything, so that a refused base leaves the network as it was
     check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
                base_name=base_name)
     if get_config(network) is None:
         inject_adapters(network, config, init_weights=False)
+    check_fits(network, tensors, directory / WEIGHTS_NAME)
+    network.load_state_dict(tensors, strict=False)
+    return network
+
+
+def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the adapter folder is incomplete")
+    return load_file(str(weights))
+
+
+def check_fits(network: nn.Module, tensors: Mapping[str, torch.Tensor], weights: Path) -> None:
+    """Refuse adapter ``tensors`` that are not exactly the adapter state of ``network`` (names and shapes)."""
     expected = adapter_state_dict(network)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(network.state_dict()))
-    mismatched = [k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape]
+    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{weights} does not fit this network: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatch {sorted(mismatched)[:5]}. Was it saved from a network built with the same plans?"
+            f"shape mismatch {mismatched[:5]}. Was it saved from a network built with the same plans?"
         )
-    network.load_state_dict(tensors, strict=False)
-    return network
 
 
 def check_base(network: nn.Module, directory: Path, record: Mapping[str, Any], carried: Iterable[str],

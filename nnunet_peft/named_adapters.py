@@ -399,18 +399,13 @@ def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str,
     """``load_adapter(network, directory, name=name)``: checked against the base (fingerprint) and the plans,
     injected beside the other named adapters, loaded, and made active. A refused or unfitting adapter
     leaves the network as it was."""
-    from safetensors.torch import load_file
-
-    from nnunet_peft.adapter_io import FINGERPRINT_KEY, WEIGHTS_NAME, adapter_state_dict, check_base
+    from nnunet_peft.adapter_io import FINGERPRINT_KEY, WEIGHTS_NAME, check_base, check_fits, read_adapter_weights
     from nnunet_peft.injection import inject_adapters
 
     if name in adapter_names(network):
         raise ValueError(f"the network already holds an adapter named {name!r} (delete_adapter it first, or "
                          f"choose another name); it holds {adapter_names(network)}")
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the adapter folder is incomplete")
-    tensors = load_file(str(weights))
+    tensors = read_adapter_weights(directory)
     with disable_adapters(network):  # the fingerprint is the stock base's, whichever adapter is active
         fingerprint = _base_fingerprint(network, tensors.keys()) if FINGERPRINT_KEY in record else None
         check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
@@ -431,15 +426,7 @@ def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str,
                                            requires_grad=current.requires_grad)
                 adapter.owned[owned[id(current)]] = replacement
                 _set_tensor(network, owned[id(current)], replacement)
-        expected = adapter_state_dict(network)
-        names = set(network.state_dict())
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - names)
-        mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-        if missing or unexpected or mismatched:
-            raise ValueError(
-                f"{weights} does not fit this network: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"shape mismatch {mismatched[:5]}. Was it saved from a network built with the same plans?")
+        check_fits(network, tensors, directory / WEIGHTS_NAME)
         network.load_state_dict(tensors, strict=False)
     except Exception:
         delete_adapter(network, name)
