@@ -164,12 +164,14 @@ def base_phase(args, env, work: Path, logs: Path) -> Path:
 
 
 def benchmark(args, env, work: Path, checkpoint: Path, trainers: list[str], folds: list[int], out: str,
-              reference: str | None = None) -> None:
-    """`nnunet-peft benchmark` over these runs; finished runs and predictions are skipped, so a rerun resumes."""
+              reference: str | None = None, collect_only: bool = False) -> None:
+    """`nnunet-peft benchmark` over these runs; finished runs and predictions are skipped, so a rerun resumes.
+    ``collect_only`` reports the runs that finished and leaves the others out (with a note)."""
     test = work / "raw" / TEST
     command = [sys.executable, "-m", "nnunet_peft.cli", "benchmark", "-d", str(TARGET_ID), "-c", "3d_fullres",
                "-p", TARGET_PLANS, "--pretrained", str(checkpoint), "--trainers", *trainers,
-               "--folds", *map(str, folds), "--device", args.device, "--out", str(work / out)]
+               "--folds", *map(str, folds), "--device", args.device, "--out", str(work / out),
+               *(["--collect-only"] if collect_only else [])]
     if out != "select":  # the test subjects are predicted only by the grid, after the selection
         command += ["--test-images", str(test / "imagesTr"), "--test-labels", str(test / "labelsTr"),
                     "--test-folds", *map(str, folds), *(["--disable-tta"] if args.device == "cpu" else [])]
@@ -200,23 +202,30 @@ def select_phase(args, env, work: Path, checkpoint: Path) -> str:
     return best
 
 
-def grid_trainers(args: argparse.Namespace, best: str) -> list[str]:
-    s = schedule(args)
-    return [f"nnUNetTrainer{m}_{s}" for m in ("Finetune", "Finetune_scratch", best, "CPLoRA")] + \
-           [f"nnUNetTrainer{HYBRID}_{s}"]
+GRID_METHODS = ("Finetune", "Finetune_scratch", "best", "CPLoRA", HYBRID)
+
+
+def grid_trainers(args: argparse.Namespace, best: str, draw: int = 0) -> list[str]:
+    """The grid's trainers for one draw; ``--scratch-draws`` leaves the from-scratch floor out of later draws."""
+    methods = [best if m == "best" else m for m in GRID_METHODS
+               if m != "Finetune_scratch" or draw < args.scratch_draws]
+    return [f"nnUNetTrainer{m}_{schedule(args)}" for m in methods]
 
 
 def grid_phase(args, env, work: Path, checkpoint: Path) -> None:
-    """Fold by fold, draw by draw; the selection's runs of the grid's methods (same trainer, fold and
-    results folder) count as finished runs of the grid."""
+    """Size by size, each size's draws in turn, every method of a cell before the next cell: an interrupted
+    grid has whole cells and the smallest sizes' spread first. The selection's runs of the grid's methods
+    (same trainer, fold and results folder) count as finished runs of the grid."""
     best_file = work / "best_adapter.txt"
     best = best_file.read_text(encoding="utf-8").strip() if best_file.is_file() else select_phase(args, env, work, checkpoint)
+    reference = f"nnUNetTrainerFinetune_{schedule(args)}"
     done: list[int] = []
-    for draw in range(args.draws):
-        for size in SIZES:  # every method at one size before the next: an interrupted grid has whole cells
+    for size in SIZES:
+        for draw in range(args.draws):
             done.append(fold_of(draw, size))
-            benchmark(args, env, work, checkpoint, grid_trainers(args, best), done, "grid",
-                      reference=f"nnUNetTrainerFinetune_{schedule(args)}")
+            benchmark(args, env, work, checkpoint, grid_trainers(args, best, draw), done[-1:], "grid", reference)
+            # one report over every cell so far (runs left out of a draw are noted, not trained)
+            benchmark(args, env, work, checkpoint, grid_trainers(args, best), done, "grid", reference, collect_only=True)
             summarise(args, work)
 
 
@@ -355,6 +364,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-count", type=int, default=6)
     p.add_argument("--draws", type=int, default=3, help="training subsets drawn per target size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scratch-draws", type=int, default=3,
+                   help="draws that train from scratch too (its 300 steps learn nothing from one or two "
+                        "subjects: a floor worth measuring once, not its spread)")
     p.add_argument("--crop-margin", type=float, default=8.0, help="mm around each hippocampus")
     p.add_argument("--base-features", type=int, default=16,
                    help="width of the U-Net's first stage (nnU-Net plans 32; 16 makes a CPU iteration ~3.5x cheaper)")

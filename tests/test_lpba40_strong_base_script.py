@@ -85,3 +85,20 @@ def test_forgetting_counts_the_structures_the_base_segments(script, tmp_path):
     dice = [0.73, 0.73, 0.47, 0.58, 0.07, 0.53, 0.0]
     (folder / "summary.json").write_text(json.dumps({"mean": {str(i): {"Dice": d} for i, d in enumerate(dice, 1)}}))
     assert script.segmented_structures(tmp_path) == [s for s, d in zip(script.OLD_STRUCTURES, dice) if d >= 0.3]
+
+
+def test_grid_runs_cells_size_by_size_and_leaves_scratch_out_of_later_draws(script, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(script, "benchmark", lambda args, env, work, ckpt, trainers, folds, out, reference=None,
+                        collect_only=False: calls.append((tuple(t.split("_15ep")[0][13:] for t in trainers),
+                                                          tuple(folds), collect_only)))
+    monkeypatch.setattr(script, "summarise", lambda args, work: None)
+    (tmp_path / "best_adapter.txt").write_text("ConvLoRA\n", encoding="utf-8")
+    args = _args(script, tmp_path, "--scratch-draws", "1")
+    script.grid_phase(args, {}, tmp_path, tmp_path / "base.pth")
+    trained = [c for c in calls if not c[2]]
+    assert [c[1] for c in trained] == [(script.fold_of(d, s),) for s in script.SIZES for d in range(3)]
+    assert trained[0][0] == ("Finetune", "Finetune_scratch", "ConvLoRA", "CPLoRA", "CPLoRA_ftdec")
+    assert all("Finetune_scratch" not in t for t, folds, _ in trained if folds[0] // len(script.SIZES) > 0)
+    collected = [c for c in calls if c[2]]
+    assert len(collected) == 9 and len(collected[-1][1]) == 9 and "Finetune_scratch" in collected[-1][0]
