@@ -18,7 +18,7 @@ import torch
 
 from nnunet_peft.evaluation import command, runs
 from nnunet_peft.evaluation.collect import count_parameters, mean_epoch_time, run_costs
-from nnunet_peft.evaluation.trainer_names import choose_reference, parse_trainer_name
+from nnunet_peft.evaluation.trainer_names import choose_reference, classify_trainer_name
 
 DATASET = "Dataset042_Toy"
 CONFIG, PLANS = "3d_fullres", "nnUNetPlans_pretrained"  # the default -p: what plan-from-checkpoint writes
@@ -217,7 +217,7 @@ def test_execute_skips_finished_runs_and_reports_failures(tree: Path, tmp_path: 
     ckpt = tmp_path / "pretrained.pth"
     ckpt.write_bytes(b"x")
     experiment = runs.Experiment(DATASET, CONFIG, PLANS, tree / "results", pretrained=ckpt)
-    planned = [runs.Run(parse_trainer_name(t), f) for t in (LORA, STOCK) for f in (0, 3)]
+    planned = [runs.Run(classify_trainer_name(t), f) for t in (LORA, STOCK) for f in (0, 3)]
     recorder = Recorder(returncode=1)
     env = runs.trainer_environment({"nnUNet_extTrainer": "/elsewhere"})
     outcomes = runs.execute(experiment, planned, env, runner=recorder, log=lambda _: None)
@@ -301,7 +301,7 @@ def test_test_folds_limit_which_models_predict_the_test_set(tree: Path, tmp_path
 
 
 def test_disable_tta_reaches_nnunet_predict_only():
-    trainer = parse_trainer_name(LORA)
+    trainer = classify_trainer_name(LORA)
     experiment = runs.Experiment(DATASET, CONFIG, PLANS, Path("/results"), device="cpu", test_time_mirroring=False)
     run = runs.Run(trainer, 0)
     predict = runs.predict_command(experiment, run, Path("/in"), Path("/out"))
@@ -346,7 +346,7 @@ def test_missing_results_are_noted_in_the_report(tree: Path, tmp_path: Path):
 
 
 def test_reference_choice_and_trainer_grammar():
-    names = [parse_trainer_name(n) for n in (LORA, FINETUNE, STOCK, "nnUNetTrainer_5epochs")]
+    names = [classify_trainer_name(n) for n in (LORA, FINETUNE, STOCK, "nnUNetTrainer_5epochs")]
     assert [n.method for n in names] == ["CPLoRA", "Finetune", None, None]
     assert [n.display for n in names] == ["CPLoRA_dec_r4_a4", "Finetune", STOCK, "nnUNetTrainer_5epochs"]
     assert choose_reference(names, None)[0] == FINETUNE
@@ -354,7 +354,7 @@ def test_reference_choice_and_trainer_grammar():
     reference, note = choose_reference(names[2:], None)
     assert reference is None and "No paired test" in note
     with pytest.raises(ValueError, match="empty token"):
-        parse_trainer_name("nnUNetTrainerLoRAC__r4")
+        classify_trainer_name("nnUNetTrainerLoRAC__r4")
 
 
 def test_cost_helpers_on_their_own(tmp_path: Path):
@@ -369,8 +369,8 @@ def test_cost_helpers_on_their_own(tmp_path: Path):
 
 def test_scratch_trainers_get_no_pretrained_weights(tmp_path: Path):
     experiment = runs.Experiment(DATASET, CONFIG, PLANS, tmp_path, pretrained=tmp_path / "src.pth")
-    scratch = parse_trainer_name("nnUNetTrainerFinetune_scratch_5ep")
-    tuned = parse_trainer_name("nnUNetTrainerFinetune_5ep")
+    scratch = classify_trainer_name("nnUNetTrainerFinetune_scratch_5ep")
+    tuned = classify_trainer_name("nnUNetTrainerFinetune_5ep")
     assert "-pretrained_weights" not in runs.train_command(experiment, runs.Run(scratch, 0), runs.RunState.NEW)
     assert "-pretrained_weights" in runs.train_command(experiment, runs.Run(tuned, 0), runs.RunState.NEW)
     # the from-scratch Finetune is not the reference for the paired tests

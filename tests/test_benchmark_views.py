@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_peft.evaluation import command, runs, views
-from nnunet_peft.evaluation.trainer_names import parse_trainer_name
+from nnunet_peft.evaluation import command, runs, view_ensembles
+from nnunet_peft.evaluation.trainer_names import classify_trainer_name
 
 DATASET = "Dataset043_Views"
 VIEW_PLANS = [f"nnUNetPlans_pretrained_{v}" for v in ("axial", "coronal", "sagittal")]
@@ -63,28 +63,28 @@ def test_view_arguments_say_what_was_expected(tmp_path, monkeypatch, argv, messa
 
 def test_view_runs_write_probabilities_for_the_ensemble(tmp_path):
     base = runs.Experiment(DATASET, "2d", "unused", tmp_path)
-    experiments = views.view_experiments(base, VIEW_PLANS, [None] * 3)
-    assert [views.view_label(e.plans) for e in experiments] == ["axial", "coronal", "sagittal"]
+    experiments = view_ensembles.view_experiments(base, VIEW_PLANS, [None] * 3)
+    assert [view_ensembles.view_label(e.plans) for e in experiments] == ["axial", "coronal", "sagittal"]
     assert all(e.save_probabilities for e in experiments) and not base.save_probabilities
     assert runs.prediction_options(experiments[0])[-1] == "--save_probabilities"
     assert "--save_probabilities" not in runs.prediction_options(base)
-    assert views.view_label("myPlans") == "myPlans"
+    assert view_ensembles.view_label("myPlans") == "myPlans"
 
 
 def test_the_default_reference_is_an_ensemble():
-    trainers = [parse_trainer_name(n) for n in (LORA, FINETUNE)]
-    assert views.default_reference(trainers, None) == "Finetune [ensemble]"
-    assert views.default_reference(trainers[:1], None) == "CPLoRA_r4 [ensemble]"
-    assert views.default_reference(trainers, LORA) == "CPLoRA_r4 [ensemble]"
-    assert views.default_reference(trainers, "CPLoRA_r4 [axial]") == "CPLoRA_r4 [axial]"
+    trainers = [classify_trainer_name(n) for n in (LORA, FINETUNE)]
+    assert view_ensembles.default_reference(trainers, None) == "Finetune [ensemble]"
+    assert view_ensembles.default_reference(trainers[:1], None) == "CPLoRA_r4 [ensemble]"
+    assert view_ensembles.default_reference(trainers, LORA) == "CPLoRA_r4 [ensemble]"
+    assert view_ensembles.default_reference(trainers, "CPLoRA_r4 [axial]") == "CPLoRA_r4 [axial]"
 
 
 def test_ensemble_costs_add_up_the_views():
-    run = runs.Run(parse_trainer_name(LORA), 0)
+    run = runs.Run(classify_trainer_name(LORA), 0)
     costs = [{"method": f"CPLoRA_r4 [{v}]", "trainer": LORA, "fold": "0", "trainable_parameters": 10 * (i + 1),
               "total_parameters": 100, "adapter_bytes": 40, "mean_epoch_time_s": 2.0,
               "peak_gpu_memory_bytes": 5 + i} for i, v in enumerate(("axial", "coronal", "sagittal"))]
-    (row,) = views.ensemble_costs(costs, [run])
+    (row,) = view_ensembles.ensemble_costs(costs, [run])
     assert row["method"] == "CPLoRA_r4 [ensemble]"
     assert (row["trainable_parameters"], row["total_parameters"], row["adapter_bytes"]) == (60, 300, 120)
     assert row["mean_epoch_time_s"] == 6.0 and row["peak_gpu_memory_bytes"] == 7

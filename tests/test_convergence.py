@@ -11,7 +11,7 @@ import pytest
 from nnunet_peft.evaluation import collect, plots, report
 from nnunet_peft.evaluation.collect import convergence, run_costs, run_curve, training_curve, training_log
 from nnunet_peft.evaluation.runs import Run
-from nnunet_peft.evaluation.trainer_names import parse_trainer_name
+from nnunet_peft.evaluation.trainer_names import classify_trainer_name
 
 # Smoothed over 3 epochs: 0.1, 0.5, 0.65, 0.9, 0.8667; 95% of the final 0.8667 is 0.8233, so epoch_95 = 4.
 # nnU-Net's EMA (second list) would say 4 as well here, but see the lag test below.
@@ -59,7 +59,7 @@ def test_meta_logger_nesting_is_unwrapped():
     assert training_log({"logging": {"local": LOG}}) is LOG
     assert training_log({"logging": LOG}) is LOG
     assert training_log({}) == {}
-    run = Run(parse_trainer_name("nnUNetTrainerCPLoRA_dec_r4_a4"), 1)
+    run = Run(classify_trainer_name("nnUNetTrainerCPLoRA_dec_r4_a4"), 1)
     nested, flat = run_curve({"logging": {"local": LOG}}, run), run_curve({"logging": LOG}, run)
     assert nested == flat
     rows, figures = nested

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from nnunet_peft.evaluation.trainer_names import TrainerName, choose_reference, parse_trainer_name
+from nnunet_peft.evaluation.trainer_names import TrainerName, choose_reference, classify_trainer_name
 
 DESCRIPTION = """\
 Compare fine-tuning methods on one target dataset. Every trainer is trained on every fold with
@@ -146,10 +146,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     env = runs.trainer_environment()
     experiments = [experiment]
     if args.views:
-        from nnunet_peft.evaluation import views
+        from nnunet_peft.evaluation import view_ensembles
 
-        experiments = views.view_experiments(experiment, args.views, checkpoints)
-        reference = views.default_reference(trainers, args.reference)
+        experiments = view_ensembles.view_experiments(experiment, args.views, checkpoints)
+        reference = view_ensembles.default_reference(trainers, args.reference)
         reference_note = (f"Paired tests compare each method and view with {reference} (nnU-Net's ensemble of "
                           f"the views' probabilities).")
 
@@ -216,7 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def _report_views(args: argparse.Namespace, experiments: list, planned: list, trainers: list, folds: list,
                   test_folds: list, reference: str, reference_note: str, env: dict, failed: list) -> int:
     """The report of a tri-planar benchmark: every view as its own method, and the ensemble of the views."""
-    from nnunet_peft.evaluation import collect, report, views
+    from nnunet_peft.evaluation import collect, report, view_ensembles
 
     preprocessed_root = _env_folder("nnUNet_preprocessed")
     dataset = experiments[0].dataset
@@ -228,12 +228,12 @@ def _report_views(args: argparse.Namespace, experiments: list, planned: list, tr
     rows, costs, curves, notes = [], [], [], []
     for exp in experiments:
         r, c, cu, n = collect.collect_validation(exp, planned, reference_dir, labels, file_ending, args.num_processes)
-        rows += views.retag(r, exp)
-        costs += views.retag(c, exp)
-        curves += views.retag(cu, exp)
+        rows += view_ensembles.retag(r, exp)
+        costs += view_ensembles.retag(c, exp)
+        curves += view_ensembles.retag(cu, exp)
         notes += n
-    costs += views.ensemble_costs(list(costs), planned)
-    r, n = views.ensemble_rows(
+    costs += view_ensembles.ensemble_costs(list(costs), planned)
+    r, n = view_ensembles.ensemble_rows(
         experiments, planned, "val", lambda e, run: e.fold_folder(run.trainer.name, run.fold) / "validation",
         out / "view_ensembles" / "val", reference_dir, labels, file_ending, dataset_json, args.num_processes)
     rows, notes = rows + r, notes + n
@@ -242,12 +242,12 @@ def _report_views(args: argparse.Namespace, experiments: list, planned: list, tr
         test_runs = [r for r in planned if r.fold in test_folds]
         predicted = {}
         for exp in experiments:
-            label = views.view_label(exp.plans)
+            label = view_ensembles.view_label(exp.plans)
             predicted[exp.plans] = collect.predict_test(exp, test_runs, args.test_images.resolve(),
                                                         out / "test_predictions" / label, env, file_ending)
-            rows += views.retag(collect.collect_test(test_runs, predicted[exp.plans], args.test_labels, labels,
+            rows += view_ensembles.retag(collect.collect_test(test_runs, predicted[exp.plans], args.test_labels, labels,
                                                      file_ending, args.num_processes), exp)
-        r, n = views.ensemble_rows(
+        r, n = view_ensembles.ensemble_rows(
             experiments, test_runs, "test",
             lambda e, run: predicted[e.plans].get((run.trainer.name, str(run.fold))),
             out / "view_ensembles" / "test", args.test_labels, labels, file_ending, dataset_json, args.num_processes)
@@ -256,7 +256,7 @@ def _report_views(args: argparse.Namespace, experiments: list, planned: list, tr
                      f"method and view{'' if experiments[0].test_time_mirroring else ', without test-time mirroring'}, "
                      "each fold on its own (not the fold ensemble) and without postprocessing.")
     notes = [f"Dataset {dataset}, configuration {experiments[0].configuration}, views "
-             f"{', '.join(f'{views.view_label(e.plans)} ({e.plans})' for e in experiments)}, folds "
+             f"{', '.join(f'{view_ensembles.view_label(e.plans)} ({e.plans})' for e in experiments)}, folds "
              f"{' '.join(map(str, folds))}; validation references from {reference_dir}. 'METHOD [ensemble]' "
              f"averages the views' probabilities with nnU-Net's ensembling; its costs are the views' summed.",
              reference_note, *notes]
@@ -279,7 +279,7 @@ def _parse_trainers(names: list[str]) -> list[TrainerName]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"trainer(s) listed twice: {', '.join(duplicates)}")
-    return [parse_trainer_name(n) for n in names]
+    return [classify_trainer_name(n) for n in names]
 
 
 def _env_folder(variable: str, required: bool = False) -> Path | None:

@@ -38,7 +38,7 @@ class TrainerName:
         return self.name[len(PREFIX):] if self.is_plugin else self.name
 
 
-def parse_trainer_name(name: str) -> TrainerName:
+def classify_trainer_name(name: str) -> TrainerName:
     """Classify ``name``; a malformed plugin name raises the grammar's ValueError."""
     if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"trainer name {name!r} is not a Python class name")
