@@ -28,7 +28,12 @@ COMMAND_MODULES = (
 
 class StepFailed(RuntimeError):
     """A step that a command runs (an nnU-Net program, a stage of a pipeline) failed, and its own output
-    says why: exit status 1, where a user error caught before anything ran (a ValueError) gets 2."""
+    says why: exit status 1, where a user error caught before anything ran (a ValueError) gets 2.
+
+    ``advice``, where a kind of step sets it, is printed on the line after the error: what to do next
+    that holds for every failure of that kind (the demo's: rerunning skips the finished steps)."""
+
+    advice: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,15 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except StepFailed as e:
-        return report_error(args.command, e, status=1)
+        return report_error(args.command, e, status=1, advice=e.advice)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # user errors: the message says what is wrong and what to do; a traceback would bury it
         return report_error(args.command, e, status=2)
 
 
-def report_error(command: str, error: BaseException, status: int) -> int:
-    """Print ``nnunet-peft <command>: error: <error>`` on stderr; returns ``status``, the exit status."""
+def report_error(command: str, error: BaseException, status: int, advice: str = "") -> int:
+    """Print ``nnunet-peft <command>: error: <error>`` (and ``advice`` on its own line) on stderr;
+    returns ``status``, the exit status."""
     print(f"nnunet-peft {command}: error: {error}", file=sys.stderr)
+    if advice:
+        print(advice, file=sys.stderr)
     return status
 
 

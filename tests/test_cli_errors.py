@@ -53,3 +53,18 @@ def test_a_user_error_is_status_2_and_other_failures_are_not_swallowed(commands,
     monkeypatch.setattr(views, "plan_views", crash)
     with pytest.raises(RuntimeError, match="a bug"):  # a traceback: it is neither the user's nor nnU-Net's
         cli.main(["plan-views", "-d", "902"])
+
+
+def test_a_failed_demo_step_is_status_1_with_the_advice_to_rerun(monkeypatch, tmp_path, capsys):
+    import nnunet_peft.demo.command as demo
+    from nnunet_peft.demo.pipeline import DemoStepFailed
+
+    def fail(*args, **kwargs):
+        raise DemoStepFailed("step 'train CPLoRA' failed (exit code 1); full log: x.log")
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.demo.command",))
+    monkeypatch.setattr(demo, "run_demo", fail)
+    assert cli.main(["demo", "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == ("nnunet-peft demo: error: step 'train CPLoRA' failed (exit code 1); full log: "
+                                       "x.log\nFix the cause and run the same command again: finished steps are "
+                                       "skipped.\n")

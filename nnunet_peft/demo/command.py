@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from nnunet_peft.demo.pipeline import DEFAULT_WORKDIR, METHODS, DemoSettings, DemoStepFailed, run_demo
+from nnunet_peft.demo.pipeline import DEFAULT_WORKDIR, METHODS, DemoSettings, run_demo
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -15,12 +14,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        run_demo(settings_from_args(args))
-    except DemoStepFailed as e:
-        print(f"nnunet-peft demo: error: {e}", file=sys.stderr)
-        print("Fix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
-        return 1
+    # a failed step raises DemoStepFailed, which nnunet_peft.cli.main reports with its advice (exit status 1)
+    run_demo(settings_from_args(args))
     return 0
 
 

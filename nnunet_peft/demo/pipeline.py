@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_peft.atomic import staged_folder
+from nnunet_peft.cli import StepFailed
 from nnunet_peft.demo import synthetic
 from nnunet_peft.plans_variant import write_plans_variant
 
@@ -202,8 +203,10 @@ def resolve(settings: DemoSettings) -> ResolvedSettings:
 
 # --------------------------------------------------------------------------- running steps
 
-class DemoStepFailed(RuntimeError):
+class DemoStepFailed(StepFailed):
     """A step's command failed; the message names the step, its log file and the log's tail."""
+
+    advice = "Fix the cause and run the same command again: finished steps are skipped."
 
 
 def nnunet_environment(rs: ResolvedSettings, base: dict[str, str] | None = None) -> dict[str, str]:
