@@ -136,7 +136,7 @@ def base_phase(args, env, work: Path, logs: Path) -> Path:
           "-d", str(BASE_ID), "-n", BASE.split("_", 1)[1], "--structures", old, "--folds", "5", *crops(args)], env, logs)
     step("plan and preprocess the base",
          ["nnUNetv2_plan_and_preprocess", "-d", str(BASE_ID), "-c", "3d_fullres", "-np", "2"], env, logs)
-    from nnunet_peft.plans_variant import write_plans_variant
+    from nnunet_peft.planning.plans_variant import write_plans_variant
 
     write_plans_variant(work / "preprocessed" / BASE, base_plans(args), "3d_fullres",
                         base_features=args.base_features, batch_size=args.batch_size)

@@ -89,7 +89,7 @@ def source_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs
           "--labels", ">0->1", "--label-names", "hippocampus", "--channel-name", "MRI", "-q"], env, logs)
     step("plan and preprocess the source",
          ["nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), "-c", "3d_fullres", "-np", "2"], env, logs)
-    from nnunet_peft.plans_variant import write_plans_variant
+    from nnunet_peft.planning.plans_variant import write_plans_variant
 
     write_plans_variant(work / "preprocessed" / f"Dataset{SOURCE_ID}_MSDHippocampus", source_plans_name(args),
                         "3d_fullres", base_features=args.base_features, batch_size=args.batch_size)

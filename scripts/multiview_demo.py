@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from nnunet_peft.demo import synthetic
-from nnunet_peft.views.planner import VIEWS, default_plans_name
+from nnunet_peft.planning.view_planner import VIEWS, default_plans_name
 
 SOURCE_ID, TARGET_ID = 911, 912
 FOLD = 0

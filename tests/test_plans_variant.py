@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nnunet_peft.plans_variant import write_plans_variant
+from nnunet_peft.planning.plans_variant import write_plans_variant
 
 PLANS = {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {
     "data_identifier": "nnUNetPlans_3d_fullres", "batch_size": 6,

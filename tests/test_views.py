@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_peft.views import planner as vp
+from nnunet_peft.planning import view_planner as vp
 
 SPACING = (5.0, 0.8, 0.8)  # (z, y, x) mm: thick axial slices
 SHAPE = (20, 64, 64)

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.cli import StepFailed
 from nnunet_peft.demo import synthetic
-from nnunet_peft.plans_variant import write_plans_variant
+from nnunet_peft.planning.plans_variant import write_plans_variant
 
 SOURCE_ID, TARGET_ID = 901, 902
 SOURCE_NAME = f"Dataset{SOURCE_ID}_SyntheticTBI"

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from nnunet_peft.evaluation.metrics import evaluate_folder, ignore_label_of
 from nnunet_peft.evaluation.runs import Experiment, Run
-from nnunet_peft.views.planner import VIEWS
+from nnunet_peft.planning.view_planner import VIEWS
 
 ENSEMBLE = "ensemble"
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nnunet_peft.views.planner import (ARCHITECTURES, CONFIGURATION, VIEWS, check_architecture, check_view,
+from nnunet_peft.planning.view_planner import (ARCHITECTURES, CONFIGURATION, VIEWS, check_architecture, check_view,
                                        default_plans_name, view_of_transpose)
 
 PRETRAINED_PREFIX = "nnUNetPlans_pretrained"
@@ -57,7 +57,7 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
             f"{CONFIGURATION} configurations")
         # one fresh interpreter for all views: nnU-Net reads its folders from the environment once, at import
         spacing = None if target_spacing is None else [float(s) for s in target_spacing]
-        call = ("from nnunet_peft.views.planner import plan_and_preprocess_view\n"
+        call = ("from nnunet_peft.planning.view_planner import plan_and_preprocess_view\n"
                 + "".join(f"plan_and_preprocess_view({dataset_id}, {view!r}, {names[view]!r}, {architecture!r}, "
                           f"{num_processes}, {spacing!r})\n" for view in views))
         if subprocess.run([sys.executable, "-c", call], env=env).returncode != 0:
