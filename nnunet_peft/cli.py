@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "nnunet_peft.commands.info",
     "nnunet_peft.dataset_conversion.command",
     "nnunet_peft.plans_from_checkpoint",
-    "nnunet_peft.views.command",
+    "nnunet_peft.commands.plan_views",
     "nnunet_peft.demo.command",
     "nnunet_peft.evaluation.command",
     "nnunet_peft.volumetry.command",

@@ -14,7 +14,7 @@ from nnunet_peft.plans_from_checkpoint import NnUNetStepFailed
 @pytest.fixture
 def commands(monkeypatch):
     # only the commands under test: the others' modules may not be importable everywhere
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint", "nnunet_peft.views.command"))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint", "nnunet_peft.commands.plan_views"))
 
 
 def test_a_failed_nnunet_step_of_plan_from_checkpoint_is_status_1(commands, tmp_path, monkeypatch, capsys):
@@ -31,7 +31,7 @@ def test_a_failed_nnunet_step_of_plan_from_checkpoint_is_status_1(commands, tmp_
 
 
 def test_a_failed_nnunet_step_of_plan_views_is_status_1(commands, monkeypatch, capsys):
-    import nnunet_peft.views.command as views
+    import nnunet_peft.commands.plan_views as views
 
     def fail(*args, **kwargs):
         raise NnUNetStepFailed("planning or preprocessing a view failed")
@@ -42,7 +42,7 @@ def test_a_failed_nnunet_step_of_plan_views_is_status_1(commands, monkeypatch, c
 
 
 def test_a_user_error_is_status_2_and_other_failures_are_not_swallowed(commands, monkeypatch, capsys):
-    import nnunet_peft.views.command as views
+    import nnunet_peft.commands.plan_views as views
 
     assert cli.main(["plan-views", "-d", "902", "--checkpoints", "a.pth", "--target-spacing", "1", "1", "1"]) == 2
     assert capsys.readouterr().err.startswith("nnunet-peft plan-views: error: --architecture and --target-spacing")

@@ -151,7 +151,7 @@ def test_target_plans_keep_the_view_checkpoints_transpose_and_network(thick_ct, 
 
 def test_plan_views_from_checkpoints_reads_the_view_of_each(thick_ct, tmp_path, monkeypatch):
     import nnunet_peft.plans_from_checkpoint as pfc
-    from nnunet_peft.views.command import plan_views_from_checkpoints
+    from nnunet_peft.views.plan_views import plan_views_from_checkpoints
 
     ckpts = {v: _view_checkpoint(tmp_path / f"{v}.pth", thick_ct["plans"][v, "multiview"]) for v in vp.VIEWS}
     calls = []
@@ -249,7 +249,7 @@ def test_ensemble_names_the_view_that_lacks_a_case(thick_ct, tmp_path):
 @pytest.mark.parametrize("spacing, warned", [((5.0, 0.8, 0.8), None), ((0.8, 0.8, 5.0), "sagittal"),
                                              ((1.0, 1.0, 1.2), None)])
 def test_plan_views_says_when_the_slices_are_not_along_axis_0(tmp_path, spacing, warned):
-    from nnunet_peft.views.command import _warn_if_not_axial
+    from nnunet_peft.views.plan_views import _warn_if_not_axial
 
     (tmp_path / "fp.json").write_text(json.dumps({"spacings": [list(spacing)] * 3}), encoding="utf-8")
     lines = []

@@ -120,7 +120,7 @@ def plan_and_preprocess_view(dataset_id: int, view: str, plans_name: str | None 
     """Plan one view and preprocess its ``2d`` configuration with nnU-Net's own preprocessor.
 
     nnU-Net reads ``nnUNet_raw`` / ``nnUNet_preprocessed`` when it is first imported, so callers that
-    change them run this in a fresh process (``nnunet_peft.views.command`` does); the dataset
+    change them run this in a fresh process (``nnunet_peft.views.plan_views`` does); the dataset
     fingerprint must exist (``nnUNetv2_extract_fingerprint``).
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
