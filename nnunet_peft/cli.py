@@ -16,13 +16,13 @@ COMMAND_MODULES = (
     "nnunet_peft.commands.trainer_dir",
     "nnunet_peft.commands.adapters",
     "nnunet_peft.commands.info",
-    "nnunet_peft.dataset_conversion.command",
+    "nnunet_peft.commands.convert",
     "nnunet_peft.plans_from_checkpoint",
     "nnunet_peft.commands.plan_views",
-    "nnunet_peft.demo.command",
+    "nnunet_peft.commands.demo",
     "nnunet_peft.evaluation.command",
-    "nnunet_peft.volumetry.command",
-    "nnunet_peft.serving.command",
+    "nnunet_peft.commands.volumetry",
+    "nnunet_peft.commands.predict",
 )
 
 

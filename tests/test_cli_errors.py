@@ -56,13 +56,13 @@ def test_a_user_error_is_status_2_and_other_failures_are_not_swallowed(commands,
 
 
 def test_a_failed_demo_step_is_status_1_with_the_advice_to_rerun(monkeypatch, tmp_path, capsys):
-    import nnunet_peft.demo.command as demo
+    import nnunet_peft.commands.demo as demo
     from nnunet_peft.demo.pipeline import DemoStepFailed
 
     def fail(*args, **kwargs):
         raise DemoStepFailed("step 'train CPLoRA' failed (exit code 1); full log: x.log")
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.demo.command",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.commands.demo",))
     monkeypatch.setattr(demo, "run_demo", fail)
     assert cli.main(["demo", "--workdir", str(tmp_path)]) == 1
     assert capsys.readouterr().err == ("nnunet-peft demo: error: step 'train CPLoRA' failed (exit code 1); full log: "

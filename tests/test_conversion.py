@@ -48,7 +48,7 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("nnUNet_raw", str(raw))
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     # only this command: the test must not depend on the other subcommands' modules
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.dataset_conversion.command",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.commands.convert",))
     return {"src": tmp_path / "src", "raw": raw, "pre": pre}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from nnunet_peft.cli import build_parser
 from nnunet_peft.demo import pipeline
-from nnunet_peft.demo.command import settings_from_args
+from nnunet_peft.commands.demo import settings_from_args
 from nnunet_peft.demo.pipeline import (Demo, DemoSettings, DemoStepFailed, MethodResult, format_bytes,
                                        format_table, resolve, run_logged, write_tables)
 

@@ -3,7 +3,7 @@
     table = volume_table("predictions/", labels=dataset_json["labels"])      # one row per case
     metrics = classify("volumes.csv", "metadata.csv", "diagnosis", "out/")  # metrics.json and figures
 
-The command line is ``nnunet-peft volumes`` and ``nnunet-peft classify`` (``volumetry.command``).
+The command line is ``nnunet-peft volumes`` and ``nnunet-peft classify`` (``nnunet_peft.commands.volumetry``).
 """
 from nnunet_peft.volumetry.diagnosis import build_cohort, classify, cross_validate, subject_volumes
 from nnunet_peft.volumetry.volumes import case_volumes, volume_table
