@@ -20,7 +20,7 @@ COMMAND_MODULES = (
     "nnunet_peft.plans_from_checkpoint",
     "nnunet_peft.commands.plan_views",
     "nnunet_peft.commands.demo",
-    "nnunet_peft.evaluation.command",
+    "nnunet_peft.commands.benchmark",
     "nnunet_peft.commands.volumetry",
     "nnunet_peft.commands.predict",
 )

@@ -16,7 +16,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_peft.evaluation import command, runs
+from nnunet_peft.commands import benchmark as command
+from nnunet_peft.evaluation import runs
 from nnunet_peft.evaluation.collect import count_parameters, mean_epoch_time, run_costs
 from nnunet_peft.evaluation.trainer_names import choose_reference, classify_trainer_name
 

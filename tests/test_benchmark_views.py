@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_peft.evaluation import command, runs, view_ensembles
+from nnunet_peft.commands import benchmark as command
+from nnunet_peft.evaluation import runs, view_ensembles
 from nnunet_peft.evaluation.trainer_names import classify_trainer_name
 
 DATASET = "Dataset043_Views"
