@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_peft.config import METHODS
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSD = SHARED / "msd_hippocampus_sample"
 LPBA40 = SHARED / "lpba40"
@@ -229,7 +231,8 @@ def sweep_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
         benchmark(args, env, work, checkpoint, trainers, [0, 1], "sweep_rank")
 
 
-ADAPTERS = ["LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA", "CPDoRA", "LoRAPT", "TCURLoRA", "HyPS"]
+# the trainer-name tokens of every adapter method, in the registry's (the docs') order
+ADAPTERS = [spec.token for spec in METHODS.values()]
 
 
 def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
