@@ -1,0 +1,240 @@
+"""The in-trainer epoch benchmark: its hooks time the parts of nnU-Net's own loop, its rounds alternate and
+resume, its ratios are taken within a round (no timing is asserted: the parts are checked on a fake trainer
+whose steps take known shares of a fake clock)."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_peft.benchmarks import trainer_epochs as te
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class Advancing(nn.Module):
+    """A module whose forward advances the fake clock by ``cost`` seconds."""
+
+    def __init__(self, clock: FakeClock, cost: float):
+        super().__init__()
+        self.clock, self.cost = clock, cost
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, *args):
+        self.clock.now += self.cost
+        return self.w * 1.0
+
+
+class ClockSGD(torch.optim.SGD):
+    def __init__(self, params, clock: FakeClock):
+        super().__init__(params, lr=0.1)
+        self.clock = clock
+
+    def step(self, closure=None):
+        self.clock.now += 0.2
+
+
+class FakeTrainer:
+    """nnU-Net's loop (nnUNetTrainer.run_training) over modules that take known times."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+        self.network = Advancing(clock, 2.0)
+        self.loss = Advancing(clock, 0.5)
+        self.optimizer = ClockSGD(self.network.parameters(), clock)
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch, self.num_epochs = 3, 2, 2
+        self.chosen = False
+
+    def get_dataloaders(self):
+        clock = self.clock
+
+        def loader(cost):
+            while True:
+                clock.now += cost
+                yield {"data": 0}
+        return loader(0.25), loader(0.1)
+
+    def _choose_forward_modes(self):
+        self.clock.now += 7.0
+        self.chosen = True
+
+    def on_train_start(self):
+        self.dataloader_train, self.dataloader_val = self.get_dataloaders()
+        self._choose_forward_modes()
+
+    def on_epoch_start(self):
+        self.clock.now += 0.05
+
+    def on_train_epoch_start(self):
+        self.network.train()
+
+    def train_step(self, batch):
+        out = self.network(batch["data"])
+        loss = self.loss(out)
+        self.clock.now += 3.0  # backward
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def on_train_epoch_end(self, outputs):
+        pass
+
+    def on_validation_epoch_start(self):
+        self.network.eval()
+
+    def validation_step(self, batch):
+        self.network(batch["data"])  # eval mode: counted as validation, not forward
+        return {}
+
+    def on_validation_epoch_end(self, outputs):
+        pass
+
+    def on_epoch_end(self):
+        self.clock.now += 1.0  # a checkpoint
+
+    def on_train_end(self):
+        pass
+
+    def run_training(self):  # nnUNetTrainer.run_training, verbatim in structure
+        self.on_train_start()
+        for epoch in range(self.num_epochs):
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(outs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                vals = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(vals)
+            self.on_epoch_end()
+        self.on_train_end()
+
+
+def test_hooks_put_each_second_of_an_epoch_in_its_part(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(te.time, "perf_counter", clock)
+    trainer = FakeTrainer(clock)
+    timers = te.StepTimers()
+    once = te.instrument(trainer, timers)
+    epochs = []
+    start, end = trainer.on_epoch_start, trainer.on_epoch_end
+
+    def epoch_start():
+        timers.parts.clear()
+        timers.start("epoch")
+        start()
+
+    def epoch_end():
+        end()
+        timers.stop("epoch")
+        epochs.append(te.split_epoch(dict(timers.parts)))
+
+    trainer.on_epoch_start, trainer.on_epoch_end = epoch_start, epoch_end
+    trainer.run_training()
+    assert trainer.chosen and once["auto"] == pytest.approx(7.0) and once["train_start"] == pytest.approx(7.0)
+    assert len(epochs) == 2
+    e = epochs[1]
+    assert e["data"] == pytest.approx(3 * 0.25)
+    assert e["forward"] == pytest.approx(3 * 2.0)
+    assert e["loss"] == pytest.approx(3 * 0.5)
+    assert e["backward"] == pytest.approx(3 * 3.0)
+    assert e["validation"] == pytest.approx(2 * (0.1 + 2.0))
+    assert e["other"] == pytest.approx(0.05 + 1.0)
+    assert e["optimizer"] == pytest.approx(3 * 0.2)
+    assert sum(e[p] for p in te.PARTS) == pytest.approx(e["total"])
+
+
+def _run(method, r, totals, rss=1000.0, mode="auto", auto=0.0):
+    return {"method": method, "round": r, "forward_mode": mode, "peak_rss_mib": rss, "modes": {}, "trainable": 1,
+            "auto": auto, "epochs": [{"total": t, **{p: t / len(te.PARTS) for p in te.PARTS}} for t in totals]}
+
+
+def test_ratios_are_taken_within_a_round_after_the_skipped_epochs():
+    results = [_run("Finetune", 0, [99, 10, 10]), _run("CPLoRA", 0, [99, 8, 8], rss=900, auto=5.0),
+               _run("Finetune", 1, [99, 20, 20]), _run("CPLoRA", 1, [99, 18, 18], rss=850),
+               _run("CPLoRA", 0, [1, 12, 12], mode="chain")]
+    rows = {(r["method"], r["forward_mode"]): r for r in te.summarise(results, skip=1)}
+    assert rows[("Finetune", "auto")]["ratio"] == 1.0
+    cp = rows[("CPLoRA", "auto")]
+    # round ratios 0.8 and 0.9: the median of the rounds' ratios, not a ratio of medians (14 / 15)
+    assert cp["ratio"] == pytest.approx(0.85) and (cp["ratio_min"], cp["ratio_max"]) == pytest.approx((0.8, 0.9))
+    assert cp["total"] == pytest.approx(13.0) and cp["auto_s"] == pytest.approx(2.5)
+    assert cp["rss_ratio"] == pytest.approx(0.9)
+    assert rows[("CPLoRA", "chain")]["ratio"] == pytest.approx(1.2)
+    assert list(rows)[0] == ("Finetune", "auto")
+    text = te.format_report(te.summarise(results, 1), [{**results[0], "batch_size": 2, "patch_size": [8, 8, 8],
+                                                        "iterations": 3}],
+                            argparse.Namespace(reference="Finetune", dataset="1", configuration="3d_fullres",
+                                               plans="p", fold=0, epochs=3, skip_epochs=1, rounds=2, device="cpu"))
+    assert "| CPLoRA | auto | 13.00 | 0.85 [0.80, 0.90] |" in text
+
+
+def test_rounds_rotate_the_order_and_resume_from_the_raw_file(tmp_path, monkeypatch):
+    order = []
+
+    def fake_run(command, env, stdout, check):
+        out = Path(command[command.index("--worker") + 1])
+        name, mode = command[command.index("--methods") + 1], command[command.index("--forward-mode") + 1]
+        order.append((name, mode))
+        assert env["nnUNet_results"] != "untouched" and "nnUNet_extTrainer" in env
+        out.write_text(json.dumps(_run("x", 0, [1, 1]) | {"trainer": name}), encoding="utf-8")
+        return argparse.Namespace(returncode=0)
+
+    monkeypatch.setattr(te.subprocess, "run", fake_run)
+    monkeypatch.setenv("nnUNet_results", "untouched")
+    args = te.parser().parse_args(["-d", "7", "--methods", "Finetune", "CPLoRA", "--fixed-methods", "CPLoRA",
+                                   "--fixed-modes", "chain", "--rounds", "2", "--epochs", "3", "--iterations", "5",
+                                   "--out", str(tmp_path / "r.md")])
+    args.raw = tmp_path / "r.jsonl"
+    first = te.run_rounds(args, log=lambda s: None)
+    assert order == [("nnUNetTrainerFinetune_3ep_5it", "auto"), ("nnUNetTrainerCPLoRA_3ep_5it", "auto"),
+                     ("nnUNetTrainerCPLoRA_3ep_5it", "chain"),
+                     ("nnUNetTrainerCPLoRA_3ep_5it", "auto"), ("nnUNetTrainerCPLoRA_3ep_5it", "chain"),
+                     ("nnUNetTrainerFinetune_3ep_5it", "auto")]
+    assert [(r["round"], r["method"]) for r in first][:2] == [(0, "Finetune"), (0, "CPLoRA")]
+    order.clear()
+    assert len(te.run_rounds(args, log=lambda s: None)) == 6 and order == []  # all found in the raw file
+    args.rounds = 3
+    te.run_rounds(args, log=lambda s: None)
+    assert len(order) == 3 and order[0] == ("nnUNetTrainerCPLoRA_3ep_5it", "chain")
+
+
+def test_a_failed_run_stops_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(te.subprocess, "run", lambda *a, **k: argparse.Namespace(returncode=3))
+    args = te.parser().parse_args(["-d", "7", "--methods", "Finetune", "--rounds", "1", "--quiet"])
+    args.raw = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit, match="Finetune .auto. failed with exit code 3; rerun without --quiet"):
+        te.run_rounds(args, log=lambda s: None)
+    assert not args.raw.exists()
+
+
+def test_arguments_are_checked_before_any_run(tmp_path):
+    with pytest.raises(SystemExit, match="must exceed --skip-epochs"):
+        te.main(["-d", "7", "--epochs", "1", "--out", str(tmp_path / "a.md")])
+    with pytest.raises(SystemExit, match="must include the reference Finetune"):
+        te.main(["-d", "7", "--methods", "CPLoRA", "--out", str(tmp_path / "a.md")])
+
+
+def test_timed_loader_passes_everything_else_through():
+    class Loader:
+        def __init__(self):
+            self.finished = False
+
+        def __next__(self):
+            return 5
+
+        def _finish(self):
+            self.finished = True
+
+    inner, timers = Loader(), te.StepTimers()
+    loader = te.TimedLoader(inner, timers, "data")
+    assert next(loader) == 5 and "data" in timers.parts
+    loader._finish()
+    assert inner.finished
