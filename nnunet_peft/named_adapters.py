@@ -375,7 +375,7 @@ def load_base(checkpoint: str | Path, ckpt: Mapping[str, Any] | None = None) -> 
     (``set_base_plans``) so that ``load_adapter(..., name=...)`` checks each adapter's plans against them.
     ``ckpt``: the checkpoint's dict when the caller has read it already."""
     from nnunet_peft.model_folder import build_network
-    from nnunet_peft.training.pretrained import check_pretrained_compatible, load_checkpoint_file
+    from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_checkpoint_file
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint_file(checkpoint) if ckpt is None else ckpt

@@ -345,28 +345,20 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
     ``.seg_layers.`` must be in the checkpoint with the same shape. ``backbone``: the checkpoint's
     trainer built that transformer backbone (its patch size is in the plans), whose head is skipped.
     """
-    import torch
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_peft.architectures import build_network, family_for_token
+    from nnunet_peft.placement import head_modules, input_convolution
 
     plans_manager = PlansManager(plans)
     config = plans_manager.get_configuration(configuration)
     num_outputs = plans_manager.get_label_manager(target_dataset_json).num_segmentation_heads
-    if backbone is not None:
-        from nnunet_peft.backbones import build_from_plans
-
-        # on the CPU: MONAI's SwinUNETR reads tensor values while it builds, which the meta device has not
-        network = build_from_plans(backbone, config, len(_channel_names(target_dataset_json)), num_outputs)
-    else:
-        with torch.device("meta"):
-            network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
-                                             config.network_arch_init_kwargs_req_import,
-                                             len(_channel_names(target_dataset_json)), num_outputs,
-                                             allow_init=False, deep_supervision=True)
-    from nnunet_peft.placement import input_convolution
-    from nnunet_peft.placement import head_modules
-
-    heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if backbone is not None else ()
+    # shapes only: nnU-Net's networks on the meta device (no memory); MONAI's SwinUNETR reads tensor values
+    # while it builds, so the backbone families build on the CPU
+    network = build_network(backbone, plans_manager, config, len(_channel_names(target_dataset_json)), num_outputs,
+                            deep_supervision=True, shapes_only=True)
+    other_heads = not family_for_token(backbone).nnunet_skips_heads
+    heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if other_heads else ()
 
     # the trainer rebuilds the first convolution when the channel counts differ (a ch* token)
     first = {k for k, v in network.state_dict(keep_vars=True).items() if v is input_convolution(network).weight}
@@ -523,8 +515,11 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
     config = plans["configurations"][configuration]
     log(f"checkpoint: {ckpt.path} (trainer {ckpt.trainer_name}, dataset {ckpt.plans.get('dataset_name')}, "
         f"configuration {ckpt.configuration})")
-    architecture = (f"the {backbone} backbone (from the trainer name {ckpt.trainer_name})" if backbone is not None
-                    else config['architecture']['network_class_name'].rsplit('.', 1)[-1])
+    from nnunet_peft.architectures import family_for_token
+
+    family = family_for_token(backbone)
+    architecture = (config['architecture']['network_class_name'].rsplit('.', 1)[-1] if family.nnunet_builds
+                    else f"the {backbone} backbone (from the trainer name {ckpt.trainer_name})")
     log(f"kept from the checkpoint: {architecture}, patch size "
         f"{config['patch_size']}, spacing {config['spacing']} (target median "
         f"{[round(v, 3) for v in plans['original_median_spacing_after_transp']]}), normalisation {config['normalization_schemes']}, "
@@ -544,9 +539,9 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
     log(f"plans: {plans_path}; preprocessed data: {destination / config['data_identifier']}")
     log("next, fine-tune (any fold; any nnUNetTrainer<Method> of nnunet-peft):")
     if len(_channel_names(ckpt.dataset_json)) != len(_channel_names(target_dataset_json)) and "_ch" not in trainer \
-            and backbone is None:
+            and family.adapts_input_channels:
         trainer += "_chzero"  # other input channels: the trainer must be told how to rebuild the first convolution
-    if backbone is not None and checkpoint_backbone(trainer) != backbone:
+    if not family.nnunet_builds and checkpoint_backbone(trainer) != backbone:
         trainer += f"_{backbone}"  # the name builds the network: it must be the checkpoint's backbone
     log("  " + train_command(dataset_id, configuration, plans_name, ckpt.path, trainer))
     return plans_path

@@ -13,7 +13,7 @@ import argparse
 import copy
 import warnings
 
-from nnunet_peft.backbones import BACKBONES, build_backbone
+from nnunet_peft.architectures import BACKBONES, build_backbone
 from nnunet_peft.config import METHODS, PeftConfig
 from nnunet_peft.injection import configure_finetuning, inject_adapters
 from nnunet_peft.summary import count_parameters

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from nnunet_peft import METHODS, PLACEMENTS, PeftConfig, configure_finetuning, count_parameters, inject_adapters, merge_adapters
-from nnunet_peft.backbones import BACKBONES, build_backbone, patch_size_problem
+from nnunet_peft.architectures import BACKBONES, build_backbone, patch_size_problem
 from nnunet_peft.config import AUTO_MODE
 from nnunet_peft.injection import LAYER_CLASSES, adapter_layers
 from nnunet_peft.mode_tuning import choose_forward_modes

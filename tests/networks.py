@@ -45,7 +45,7 @@ class NetSpec:
 NET_SPECS = [NetSpec("plain", 2), NetSpec("plain", 3), NetSpec("resenc", 2), NetSpec("resenc", 3)]
 TOKEN_SPECS = [NetSpec("token", 2), NetSpec("token", 3)]
 
-# Tiny transformer backbones (nnunet_peft.backbones with small sizes), each at a patch it takes with
+# Tiny transformer backbones (nnunet_peft.architectures with small sizes), each at a patch it takes with
 # more than one token per attention window (one token would leave q and k without a gradient).
 # UNETR keeps MONAI's 12 ViT blocks (its skip taps are fixed); SwinUNETR is 2-D, whose Linear layers
 # are those of the 3-D network (a 2x2 patch merging instead of 2x2x2) at a tenth of the 3-D cost of
@@ -101,7 +101,7 @@ def build_network(spec: NetSpec, seed: int = 0, deep_supervision: bool = True) -
     """A freshly initialised network of ``spec``; the same seed gives the same weights."""
     torch.manual_seed(seed)
     if spec.arch in TINY_BACKBONES:  # no deep supervision: these networks have one output
-        from nnunet_peft.backbones import build_backbone
+        from nnunet_peft.architectures import build_backbone
 
         patch, kwargs = TINY_BACKBONES[spec.arch]
         return build_backbone(spec.arch, patch, spec.in_channels, spec.num_classes, **kwargs).float().eval()

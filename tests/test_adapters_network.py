@@ -1,6 +1,6 @@
 """The adapter library on real nnU-Net networks (PlainConvUNet / ResidualEncoderUNet, 2-D / 3-D), on a
 tiny transformer U-Net whose Linear layers include a fused q/k/v projection (tests/token_networks.py),
-and on tiny UNETR, SwinUNETR and Primus built through nnunet_peft.backbones (tests/networks.py).
+and on tiny UNETR, SwinUNETR and Primus built through nnunet_peft.architectures (tests/networks.py).
 
 Every property of the issue's bar is checked for every method and forward mode, on every
 network class and dimensionality, and for each placement on its own: identity at

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_peft.backbones import (BACKBONES, PLANS_KEY, adjust_patch_size, backbone_family, build_backbone,
-                                   patch_size_problem, plans_with_backbone_patch_size)
+from nnunet_peft.architectures import (BACKBONES, PLANS_KEY, adjust_patch_size, backbone_family, build_backbone,
+                                       patch_size_problem, plans_with_backbone_patch_size)
 from nnunet_peft.injection import configure_finetuning
 from nnunet_peft.placement import network_stages, target_modules, unique_modules
 from nnunet_peft.training.names import ADAPTER_METHODS, TrainerNameError, parse_trainer_name
@@ -418,7 +418,7 @@ def test_the_suggested_fix_computes_the_same_network_and_adapts_it(fused_qkv_pri
 def _merging_pair(dim: int = 4):
     from monai.networks.nets.swin_unetr import PatchMerging
 
-    from nnunet_peft.backbones import legacy_patch_merging
+    from nnunet_peft.architectures.swinunetr import legacy_patch_merging
 
     torch.manual_seed(0)
     current = PatchMerging(dim=dim, spatial_dims=3)
@@ -442,7 +442,7 @@ def test_legacy_merging_ignores_the_two_sub_volumes_monai_before_1_5_never_read(
         assert legacy(torch.randn(1, 3, 5, 3, 4)).shape == current(torch.randn(1, 3, 5, 3, 4)).shape == (1, 2, 3, 2, 8)
     from monai.networks.nets.swin_unetr import PatchMerging
 
-    from nnunet_peft.backbones import legacy_patch_merging
+    from nnunet_peft.architectures.swinunetr import legacy_patch_merging
 
     current2d = PatchMerging(dim=4, spatial_dims=2)
     legacy2d = legacy_patch_merging()(dim=4, spatial_dims=2)

@@ -26,7 +26,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 LAYERS = [f"layers/{p.name}" for p in sorted((PACKAGE / "layers").glob("*.py"))]
-LIBRARY = ["config.py", "injection.py", "placement.py", "adapter_io.py", *LAYERS]
+ARCHITECTURES = [f"architectures/{p.name}" for p in sorted((PACKAGE / "architectures").glob("*.py"))]
+LIBRARY = ["config.py", "injection.py", "placement.py", "adapter_io.py", "checkpoint_file.py", "named_adapters.py",
+           "serving/tasks.py", *LAYERS, *ARCHITECTURES]
 
 
 @pytest.mark.parametrize("module", LIBRARY)
@@ -42,8 +44,11 @@ def test_the_layers_do_not_import_the_injection_or_placement():
 
 
 def test_pretrained_and_transfer_do_not_import_each_other():
+    # both read checkpoints through nnunet_peft.checkpoint_file, below the trainers
     assert "nnunet_peft.training.transfer" not in imported_modules(PACKAGE / "training" / "pretrained.py")
-    assert "nnunet_peft.training.pretrained" in imported_modules(PACKAGE / "training" / "transfer.py")
+    assert "nnunet_peft.training.pretrained" not in imported_modules(PACKAGE / "training" / "transfer.py")
+    for module in ("pretrained.py", "transfer.py"):
+        assert "nnunet_peft.checkpoint_file" in imported_modules(PACKAGE / "training" / module)
 
 
 def test_each_tuple_of_layer_types_is_written_once():

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_peft.architectures.family import Family, Stage, from_nnunet_plans
+
 DEFAULT_FEATURES = 32
 DEFAULT_DILATIONS = (1, 2, 4)
 
@@ -195,3 +197,32 @@ def multiview_architecture(strides: Sequence[Sequence[int]], features: int = DEF
                         "dilations": [int(d) for d in dilations]},
         "_kw_requires_import": [],
     }
+
+
+def multiview_stages(network: MultiviewUNet) -> list[Stage]:
+    """The placement map (docs/METHODS.md, "Placement"): encoder level ``i`` is its double convolution and
+    the dilated block on its skip path (both see that level's encoder features; level 0 includes the
+    stem), the bottleneck the dilated block at the bottom, decoder stage ``i`` the double convolution
+    before the ``i``-th upsampling and the last one the output block's double convolution;
+    ``decoder.seg_layers`` holds the 1x1 heads."""
+    encoder, decoder = network.encoder, network.decoder
+    stages = [Stage(f"encoder.{i}", "encoder", (encoder.stem, level) if i == 0 else (level,))
+              for i, level in enumerate(encoder.levels)]
+    stages.append(Stage("bottleneck", "bottleneck", (encoder.bottleneck,)))
+    stages += [Stage(f"decoder.{i}", "decoder", (up,)) for i, up in enumerate(decoder.up_convs)]
+    stages.append(Stage(f"decoder.{len(decoder.up_convs)}", "decoder", (decoder.output_block,)))
+    stages.append(Stage("seg_layers", "seg_layers", (decoder.seg_layers,)))
+    return stages
+
+
+# nnU-Net builds it from the plans that name it (views/planner.py writes them); no trainer-name token
+FAMILY = Family(
+    name="multiview",
+    description="Multiview (the SAH laboratory's 2-D network)",
+    stages=multiview_stages,
+    classes=(f"{MultiviewUNet.__module__}.{MultiviewUNet.__name__}",),
+    deep_supervision=True,
+    nnunet_skips_heads=True,
+    adapts_input_channels=True,
+    from_plans=from_nnunet_plans,
+)

@@ -11,10 +11,11 @@ import torch
 from nnunet_peft.adapter_io import (CONFIG_NAME, WEIGHTS_NAME, BaseFingerprintWarning, load_adapter, nnunet_metadata,
                                     read_adapter_config, save_adapter)
 from nnunet_peft.atomic import staged_folder
+from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_weights
 from nnunet_peft.injection import get_config, merge_adapters
 from nnunet_peft.model_folder import (CHECKPOINT, build_network, checkpoint_dict, copy_folder_files, fold_dirs,
                                       load_fold, read_json, validation_dice)
-from nnunet_peft.training.pretrained import HEAD_KEY, check_pretrained_compatible, load_weights
+from nnunet_peft.placement import HEAD_KEY
 
 STOCK_TRAINER = "nnUNetTrainer"
 
@@ -117,10 +118,11 @@ def _rebuilt_in_full(network: torch.nn.Module, fold_dir: Path) -> set[str]:
 def stock_trainer(trainer_name: str) -> str:
     """The trainer whose network is ``trainer_name``'s without adapters: nnU-Net's own for the U-Nets;
     for a transformer backbone, which nnU-Net cannot build from plans, ``nnUNetTrainerNoFinetune_<backbone>``."""
+    from nnunet_peft.architectures import family_for_token
     from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
 
     backbone = parse_trainer_name(trainer_name).backbone if is_plugin_name(trainer_name) else None
-    return STOCK_TRAINER if backbone is None else f"nnUNetTrainerNoFinetune_{backbone}"
+    return STOCK_TRAINER if family_for_token(backbone).nnunet_builds else f"nnUNetTrainerNoFinetune_{backbone}"
 
 
 def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -> Path:

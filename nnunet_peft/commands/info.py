@@ -301,17 +301,16 @@ def _dataset_fields(plans: dict, dataset_json: dict | None) -> Fields:
 def _architecture(plans: dict | None, configuration: str | None, trainer: str | None,
                   full: bool = False) -> str | None:
     """The network ``trainer`` builds: its backbone token's, else the plans' class."""
-    from nnunet_peft.backbones import BACKBONES
+    from nnunet_peft.architectures import network_description
     from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
 
+    token = None
     if trainer and is_plugin_name(trainer):
         try:
-            backbone = parse_trainer_name(trainer).backbone
+            token = parse_trainer_name(trainer).backbone
         except ValueError:
-            backbone = None
-        if backbone is not None:
-            return BACKBONES[backbone].description
-    return _plans_class(plans, configuration, full)
+            pass
+    return network_description(token, _plans_class(plans, configuration, full))
 
 
 def _plans_class(plans: dict | None, configuration: str | None, full: bool = False) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nnunet_peft.backbones import BACKBONES
+from nnunet_peft.architectures import BACKBONES
 from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 
 PREFIX = "nnUNetTrainer"
@@ -86,7 +86,7 @@ class TrainerSpec:
     learning_rate: float | None = None  # None: the family's default
     input_channels: str | None = None  # "zero", "repeat" or "copy": how the first convolution is adapted
     copy_channel: int | None = None  # the checkpoint channel "copy" takes
-    backbone: str | None = None  # a token of nnunet_peft.backbones.BACKBONES; None: the plans' U-Net
+    backbone: str | None = None  # a token of nnunet_peft.architectures.BACKBONES; None: the plans' U-Net
     train_decoder: bool = False  # ftdec: the decoder trains fully instead of taking adapters
 
     @property

@@ -1,4 +1,5 @@
-"""Rules for ``-pretrained_weights``: reading the checkpoint and checking that it fits.
+"""Which checkpoint ``-pretrained_weights`` names (reading it and checking that it fits are in
+``nnunet_peft.checkpoint_file``).
 
 nnU-Net loads the pretrained weights itself (``load_pretrained_weights``) but never the
 segmentation heads, and it does not tell the trainer which file it loaded. The trainer reads the
@@ -8,13 +9,11 @@ What happens to the heads and the first convolution is in ``transfer``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Iterable
 
-import torch
-from torch import nn
-
-from nnunet_peft.placement import HEAD_KEY, head_modules
+# reading a checkpoint and checking that it fits are library functions below the trainers (named
+# adapters and serving use them too); they stay importable from here
+from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_checkpoint_file, load_weights  # noqa: F401
+from nnunet_peft.placement import HEAD_KEY  # noqa: F401
 
 
 def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
@@ -26,67 +25,3 @@ def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
         if arg.startswith("-pretrained_weights="):
             return arg.split("=", 1)[1]
     return None
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    """The whole checkpoint dict (``network_weights``, ``init_args``, ...) of an nnU-Net checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"-pretrained_weights {path}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise ValueError(f"{path} is not an nnU-Net checkpoint (no 'network_weights'); expected a checkpoint_*.pth "
-                         "written by nnUNetv2_train")
-    return checkpoint
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_file(path)["network_weights"]
-
-
-def check_pretrained_compatible(network: nn.Module, path: str | Path, dataset_name: str = "TARGET",
-                                weights: dict[str, torch.Tensor] | None = None, replaced: Iterable[str] = ()) -> None:
-    """Raise a ValueError listing the first mismatching tensors if ``path`` (or its ``weights``) does not fit ``network``.
-
-    ``replaced``: keys of ``network.state_dict()`` whose value comes from elsewhere (an adapter file that
-    carries a rebuilt first convolution), so the checkpoint's shape for them does not matter.
-    """
-    replaced = set(replaced)
-    weights = load_weights(path) if weights is None else weights
-    if any(".base_layer." in k for k in weights):
-        raise ValueError(
-            f"{path} holds adapters (it was trained by an nnunet-peft adapter trainer). Fold them into a stock "
-            "checkpoint first: nnunet-peft merge -m <its model folder> -o <merged folder>, then pass "
-            "<merged folder>/fold_K/checkpoint_final.pth as -pretrained_weights.")
-    from nnunet_peft.backbones import backbone_family
-
-    family = backbone_family(network)
-    # the heads are mapped to the target's classes, so their shapes may differ
-    heads = tuple(f"{prefix}." for prefix, _ in head_modules(network)) if family is not None else ()
-    problems = []
-    for key, value in network.state_dict().items():
-        if HEAD_KEY in key or key.startswith(heads) or key in replaced:
-            continue
-        if key not in weights:
-            problems.append(f"{key}: missing from the checkpoint (network has {tuple(value.shape)})")
-        elif weights[key].shape != value.shape:
-            problems.append(f"{key}: checkpoint {tuple(weights[key].shape)} vs network {tuple(value.shape)}")
-    if problems and family is not None:
-        shown = "\n  ".join(problems[:8])
-        raise ValueError(
-            f"the pretrained checkpoint {path} does not fit the {type(network).__name__} planned for {dataset_name} "
-            f"({len(problems)} mismatching tensors), first:\n  {shown}\n"
-            f"A {type(network).__name__} checkpoint loads into a trainer with the same backbone token (and the same "
-            "size token for Primus), built for the same patch size: the position embedding fixes it. Plan the "
-            f"target with the checkpoint's patch size:\n  nnunet-peft plan-from-checkpoint -d {dataset_name} "
-            f"--checkpoint {path}\nand train with -p nnUNetPlans_pretrained and the checkpoint trainer's backbone "
-            "token (a U-Net checkpoint needs a trainer name without one).")
-    if problems:
-        shown = "\n  ".join(problems[:8])
-        raise ValueError(
-            f"the pretrained checkpoint {path} does not match the network planned for {dataset_name} "
-            f"({len(problems)} mismatching tensors), first:\n  {shown}\n"
-            f"The target must be planned with the checkpoint's architecture. Run\n"
-            f"  nnunet-peft plan-from-checkpoint -d {dataset_name} --checkpoint {path}\n"
-            "and train with the plans it prints (-p nnUNetPlans_pretrained), or, if you have the source's "
-            "preprocessed folder, nnUNetv2_move_plans_between_datasets.")

@@ -20,12 +20,13 @@ trainer name's ``ch*`` token says how to adapt it); ``on_train_start`` then maps
 target's classes, rebuilds the first convolution for the target's channels, and writes the load
 report before anything trains. Prediction builds the target's network directly.
 
-A backbone token (``_unetr``, ``_swinunetr``, ``_primus``; ``nnunet_peft.backbones``) builds that
-network instead of the plans' U-Net, both here and in the static builder. Its patch size constraint
-is applied to the plans before nnU-Net sees them (as nnU-Net's own Primus trainers set theirs), so
-the model folder's plans.json and the checkpoints' ``init_args`` hold the size that was trained; it
-has no deep-supervision outputs. Its heads do not carry nnU-Net's ``.seg_layers.`` name, so nnU-Net's
-loader would compare their shapes: for ``-pretrained_weights`` the stock network is built with the
+A backbone token (``_unetr``, ``_swinunetr``, ``_primus``; ``nnunet_peft.architectures``) builds that
+network instead of the plans' U-Net, both here and in the static builder; what differs is asked of
+its family (``family_for_token``). Its patch size constraint is applied to the plans before nnU-Net
+sees them (as nnU-Net's own Primus trainers set theirs), so the model folder's plans.json and the
+checkpoints' ``init_args`` hold the size that was trained. A family without deep-supervision outputs
+turns nnU-Net's off. Heads that do not carry nnU-Net's ``.seg_layers.`` name would be compared by
+shape in nnU-Net's loader: for ``-pretrained_weights`` the stock network is then built with the
 checkpoint's class count and the heads are rebuilt for the target's classes in ``on_train_start``.
 """
 from __future__ import annotations
@@ -43,8 +44,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_peft.backbones import build_from_plans, plans_with_backbone_patch_size
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
+from nnunet_peft.architectures import Family, build_network, family_for_token, plans_with_backbone_patch_size
 from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters
 from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices
 from nnunet_peft.placement import input_convolution, network_stages
@@ -91,11 +92,9 @@ def unwrap(network: nn.Module) -> nn.Module:
 
 def build_stock_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
                         num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-    """The network of ``spec`` without adapters: its backbone's, or the plans' U-Net (nnU-Net's builder)."""
-    if spec.backbone is not None:  # no deep-supervision outputs, whatever nnU-Net asks for
-        return build_from_plans(spec.backbone, configuration_manager, num_input_channels, num_output_channels)
-    return nnUNetTrainer.build_network_architecture(
-        plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+    """The network of ``spec`` without adapters: its backbone token's, or the plans' (nnU-Net's builder)."""
+    return build_network(spec.backbone, plans_manager, configuration_manager, num_input_channels,
+                         num_output_channels, enable_deep_supervision)
 
 
 def build_adapted_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
@@ -115,16 +114,14 @@ class nnUNetTrainerPeft(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        patch_note = None
-        if self.spec.backbone is not None:
-            # before nnU-Net reads the plans: its data loaders, plans.json and init_args then all hold this size
-            plans, patch_note = plans_with_backbone_patch_size(plans, configuration, self.spec.backbone)
+        # before nnU-Net reads the plans: its data loaders, plans.json and init_args then all hold this size
+        plans, patch_note = plans_with_backbone_patch_size(plans, configuration, self.spec.backbone)
         super().__init__(plans, configuration, fold, dataset_json, device)
         spec = self.spec
-        if spec.backbone is not None:
+        if not self.network_family.deep_supervision:
             self.enable_deep_supervision = False  # one output: nnU-Net's loss and targets without the wrapper
-            if patch_note is not None:
-                self.print_to_log_file(patch_note)
+        if patch_note is not None:
+            self.print_to_log_file(patch_note)
         self.num_epochs = spec.epochs
         self.initial_lr = spec.initial_lr
         self.num_iterations_per_epoch = spec.iterations
@@ -136,6 +133,11 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         self._peft_ready = False
         self._compile_after_setup = False
         self._source: Source | None = None  # the -pretrained_weights checkpoint, until on_train_start used it
+
+    @property
+    def network_family(self) -> Family:
+        """The family this trainer's name builds (its backbone token's, else the plans' network's)."""
+        return family_for_token(self.spec.backbone)
 
     # --------------------------------------------------------------- setup
     def _do_i_compile(self) -> bool:
@@ -161,17 +163,19 @@ class nnUNetTrainerPeft(nnUNetTrainer):
                                         weights=self._source.weights)
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        if self.spec.backbone is None:  # a backbone has no deep-supervision outputs to switch
+        if self.network_family.deep_supervision:  # otherwise there are no outputs to switch
             super().set_deep_supervision_enabled(enabled)
 
     def _build_for_checkpoint(self, plans_manager, configuration_manager, num_input_channels: int,
                               num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
         """The stock network, with the checkpoint's input channel count if it differs (so nnU-Net can load it)
-        and, for a backbone, the checkpoint's class count (nnU-Net's loader only skips ``.seg_layers.`` heads)."""
+        and, where nnU-Net's loader would compare the heads (it skips ``.seg_layers.`` ones only), the
+        checkpoint's class count."""
         build = functools.partial(build_stock_network, self.spec)
         network = build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                         enable_deep_supervision)
-        if self.spec.backbone is not None:
+        family = self.network_family
+        if not family.nnunet_skips_heads:
             classes = checkpoint_output_channels(network, self._source.weights)
             if classes is not None and classes != num_output_channels:
                 resize_heads(network, classes)
@@ -179,7 +183,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         if theirs is None or theirs == num_input_channels:
             return network
         src = channel_names(self._source.dataset_json)
-        if self.spec.backbone is not None:  # the ch* tokens are refused with a backbone (names.py says why)
+        if not family.adapts_input_channels:  # its ch* tokens are refused (names.py says why)
             raise ValueError(
                 f"the checkpoint {self._source.path} takes {theirs} input channel(s){f' {src}' if src else ''}, but "
                 f"{self.plans_manager.dataset_name} has {num_input_channels} {channel_names(self.dataset_json)}; the "

@@ -43,7 +43,7 @@ from torch import nn
 from nnunet_peft.layers.kinds import TRANSPOSED_TYPES
 # head_modules is placement's (where the heads are) and stays importable from here, where they are mapped
 from nnunet_peft.placement import head_modules, input_convolution, replace_module  # noqa: F401
-from nnunet_peft.training.pretrained import load_checkpoint_file
+from nnunet_peft.checkpoint_file import load_checkpoint_file
 
 LABEL_MAP_ENV = "NNUNET_PEFT_LABEL_MAP"
 # a new class's logit starts this far below the mean of the matched classes' logits
