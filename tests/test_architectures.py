@@ -231,6 +231,29 @@ def test_a_registered_family_is_used_by_placement_names_and_the_trainer(toy_fami
                                     weights=net.state_dict())
 
 
+def test_the_trainer_fine_tunes_a_registered_family_from_a_checkpoint(toy_family, tmp_path, monkeypatch):
+    """nnUNetv2_train's path with -pretrained_weights: patch size from the family's rules, no deep supervision,
+    the stock network built with the checkpoint's class count (the toy head is not nnU-Net's
+    ``.seg_layers.``), then the head mapped to the target's classes by name."""
+    from networks import NetSpec
+    from test_transfer import SOURCE_JSON, dataset_json, save_checkpoint, start_trainer, tiny_plans
+
+    plans = tiny_plans(NetSpec("plain", 3, 1, 3))  # a U-Net's plans: the token builds the toy network instead
+    plans["configurations"]["3d_fullres"]["patch_size"] = [9, 10, 15]
+    torch.manual_seed(0)
+    source = build_backbone("toynet", (8, 12, 16), 1, 3)  # background, a, b
+    ckpt = save_checkpoint(tmp_path / "src.pth", source, SOURCE_JSON, plans)
+    trainer = start_trainer("nnUNetTrainerLoRAC_r2_1ep_1it_toynet", ckpt, dataset_json(["background", "a", "b", "c"]),
+                            tmp_path, monkeypatch, plans)
+    assert list(trainer.configuration_manager.patch_size) == [8, 12, 16] and not trainer.enable_deep_supervision
+    network = trainer.network
+    assert family_of(network) is TOY and network.head.out_channels == 4
+    torch.testing.assert_close(network.head.weight[:3], source.head.weight)  # a and b keep the checkpoint's rows
+    assert "ToyNet (a test's): patch size [9, 10, 15]" in Path(trainer.log_file).read_text(encoding="utf-8")
+    static = type(trainer).build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 4, True)
+    static.load_state_dict(network.state_dict())  # prediction rebuilds the same network from the name
+
+
 def test_registering_refuses_clashes():
     with pytest.raises(ValueError, match="registered already"):
         register(FAMILIES["unetr"])
