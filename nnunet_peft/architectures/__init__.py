@@ -36,12 +36,11 @@ from typing import Any, Sequence
 from torch import nn
 
 from nnunet_peft.architectures import multiview, primus, swinunetr, unet, unetr
-from nnunet_peft.architectures.family import PLANS_KEY, Backbone, Family, Stage, WeightReader, overrides_in
+from nnunet_peft.architectures.family import PLANS_KEY, Backbone, Family, Stage, WeightReader
 
 __all__ = ["BACKBONES", "FAMILIES", "PLANS_KEY", "Backbone", "Family", "Stage", "adjust_patch_size",
-           "backbone_family", "backbone_overrides", "build_backbone", "build_from_plans", "build_network",
-           "family_for_token", "family_of", "find_family", "get_backbone", "network_description",
-           "patch_size_problem", "plans_with_backbone_patch_size", "register", "unregister", "weight_readers"]
+           "backbone_family", "build_backbone", "build_network", "family_for_token", "family_of", "find_family",
+           "get_backbone", "network_description", "patch_size_problem", "plans_with_backbone_patch_size", "register", "unregister", "weight_readers"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,17 +183,6 @@ def build_backbone(token: str, patch_size: Sequence[int], in_channels: int, out_
     """
     backbone = get_backbone(token)
     return FAMILIES[backbone.family].build(backbone, patch_size, in_channels, out_channels, **overrides)
-
-
-def backbone_overrides(configuration: dict, token: str) -> dict[str, Any]:
-    """The constructor overrides a plans configuration holds for ``token``'s family (empty by default)."""
-    return overrides_in(configuration, get_backbone(token).family)
-
-
-def build_from_plans(token: str, configuration_manager, in_channels: int, out_channels: int) -> nn.Module:
-    """``build_backbone`` with the patch size and overrides of an nnU-Net ConfigurationManager."""
-    return build_backbone(token, configuration_manager.patch_size, in_channels, out_channels,
-                          **backbone_overrides(configuration_manager.configuration, token))
 
 
 def build_network(token: str | None, plans_manager, configuration_manager, in_channels: int, out_channels: int,

@@ -98,10 +98,6 @@ class Family:
         """Whether ``network`` is of one of ``classes`` (or a subclass), by name."""
         return any(f"{cls.__module__}.{cls.__name__}" in self.classes for cls in type(network).__mro__)
 
-    def recognises_class_name(self, class_name: str) -> bool:
-        """Whether a plans' ``network_class_name`` (``module.Class``) names one of ``classes``."""
-        return class_name in self.classes
-
     # ------------------------------------------------------------------ patch sizes
 
     def patch_size_problem(self, backbone: Backbone, patch_size: Sequence[int]) -> str | None:
