@@ -3,7 +3,7 @@
 Builds the default nnU-Net ``3d_fullres`` PlainConvUNet (features 32, 64, ... capped at 320,
 kernels 3, strides 1, 2, 2, ..., two convolutions per stage, InstanceNorm, LeakyReLU, deep
 supervision), or with ``--network unetr|swinunetr|primus`` a transformer backbone as the trainers'
-backbone tokens build it (``nnunet_peft.backbones``: the papers' sizes, ``--backbone-size small``
+backbone tokens build it (``nnunet_peft.architectures``: the papers' sizes, ``--backbone-size small``
 or ``--backbone-kwargs`` for a CPU; no deep supervision), and measures, side by side in one process:
 
 * one training step (forward, deep-supervision loss, backward, SGD step with momentum 0.99 and
@@ -618,7 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--network", default="unet", choices=NETWORKS,
-                   help="nnU-Net's PlainConvUNet (default) or a transformer backbone (nnunet_peft.backbones)")
+                   help="nnU-Net's PlainConvUNet (default) or a transformer backbone (nnunet_peft.architectures)")
     p.add_argument("--backbone-size", default="paper", choices=("paper", "small"),
                    help="backbone sizes: the papers' (default; UNETR hidden 768, 12 heads; SwinUNETR feature size "
                         "48; Primus-S) or small ones a CPU can step through: "
