@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from nnunet_peft.errors import StepFailed
+
 COMMAND_MODULES = (
     "nnunet_peft.commands.trainer_dir",
     "nnunet_peft.commands.adapters",
@@ -24,16 +26,6 @@ COMMAND_MODULES = (
     "nnunet_peft.commands.volumetry",
     "nnunet_peft.commands.predict",
 )
-
-
-class StepFailed(RuntimeError):
-    """A step that a command runs (an nnU-Net program, a stage of a pipeline) failed, and its own output
-    says why: exit status 1, where a user error caught before anything ran (a ValueError) gets 2.
-
-    ``advice``, where a kind of step sets it, is printed on the line after the error: what to do next
-    that holds for every failure of that kind (the demo's: rerunning skips the finished steps)."""
-
-    advice: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Literal
 
-from nnunet_peft.cli import StepFailed
+from nnunet_peft.errors import StepFailed
 
 DEFAULT_PLANS_NAME = "nnUNetPlans_pretrained"
 DEFAULT_TRAINER = "nnUNetTrainerCPLoRA"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_peft.atomic import staged_folder
-from nnunet_peft.cli import StepFailed
+from nnunet_peft.errors import StepFailed
 from nnunet_peft.demo import synthetic
 from nnunet_peft.planning.plans_variant import write_plans_variant
 
