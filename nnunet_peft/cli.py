@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "nnunet_peft.commands.adapters",
     "nnunet_peft.commands.info",
     "nnunet_peft.commands.convert",
-    "nnunet_peft.plans_from_checkpoint",
+    "nnunet_peft.commands.plan_from_checkpoint",
     "nnunet_peft.commands.plan_views",
     "nnunet_peft.commands.demo",
     "nnunet_peft.commands.benchmark",

@@ -312,7 +312,7 @@ def test_unetr_adapters_export_apply_and_merge_reproduce_the_trained_model(tmp_p
 def test_plan_from_checkpoint_checks_a_backbone_checkpoint_against_its_patch_size():
     from test_adapter_sharing import DATASET_JSON, tiny_plans
 
-    from nnunet_peft.plans_from_checkpoint import check_weights_fit, checkpoint_backbone
+    from nnunet_peft.planning.from_checkpoint import check_weights_fit, checkpoint_backbone
 
     assert checkpoint_backbone("nnUNetTrainerFinetune_unetr_scratch_2ep") == "unetr"
     assert checkpoint_backbone("nnUNetTrainerCPLoRA") is None and checkpoint_backbone("nnUNetTrainer") is None
@@ -331,7 +331,7 @@ def test_plan_from_checkpoint_keeps_a_unetr_checkpoints_patch_size_and_names_its
     from test_plans_from_checkpoint import (SOURCE_JSON, SOURCE_PLANS, TARGET_FINGERPRINT, TARGET_JSON, _fake_nnunet,
                                             _target_with_images)
 
-    from nnunet_peft import plans_from_checkpoint as pfc
+    from nnunet_peft.planning import from_checkpoint as pfc
 
     raw, pre = tmp_path / "raw", tmp_path / "pre"
     _target_with_images(raw, 1)

@@ -8,17 +8,18 @@ from __future__ import annotations
 import pytest
 
 from nnunet_peft import cli
-from nnunet_peft.plans_from_checkpoint import NnUNetStepFailed
+from nnunet_peft.planning.from_checkpoint import NnUNetStepFailed
 
 
 @pytest.fixture
 def commands(monkeypatch):
     # only the commands under test: the others' modules may not be importable everywhere
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint", "nnunet_peft.commands.plan_views"))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.commands.plan_from_checkpoint",
+                                                 "nnunet_peft.commands.plan_views"))
 
 
 def test_a_failed_nnunet_step_of_plan_from_checkpoint_is_status_1(commands, tmp_path, monkeypatch, capsys):
-    import nnunet_peft.plans_from_checkpoint as pfc
+    import nnunet_peft.planning.from_checkpoint as pfc
 
     def fail(*args, **kwargs):
         raise NnUNetStepFailed("nnUNetv2_preprocess -d 902 failed with exit code 3")

@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_peft import plans_from_checkpoint as pfc
+from nnunet_peft.commands import plan_from_checkpoint as command
+from nnunet_peft.planning import from_checkpoint as pfc
 
 # A 2.8.1 ExperimentPlanner output for a 20x24x24 CT volume at spacing (2, 1, 1), trimmed to what the
 # code reads, plus the lowres/cascade entries the planner adds for larger images.
@@ -308,7 +309,7 @@ def test_the_default_configuration_is_the_one_the_checkpoint_records(tmp_path, m
     assert list(plans["configurations"]) == ["3d_lowres"]
     assert any("WARNING: the checkpoint was trained as '3d_fullres_bs4'" in n for n in log)
     parser = argparse.ArgumentParser()
-    pfc.add_parser(parser.add_subparsers())
+    command.add_parser(parser.add_subparsers())
     action = next(a for sub in parser._subparsers._group_actions for p in sub.choices.values()
                   for a in p._actions if "--configuration" in a.option_strings)
     assert "default: the one the checkpoint was trained as, recorded in it as init_args['configuration']" in action.help
@@ -322,7 +323,7 @@ def test_cli_reports_a_bad_target_as_a_clean_error(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
     from nnunet_peft import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint",))  # others may be unbuilt
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.commands.plan_from_checkpoint",))  # others may be unbuilt
     assert cli.main(["plan-from-checkpoint", "-d", "902", "--checkpoint", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-peft plan-from-checkpoint: error: ") and "has no 'channel_names'" in err
@@ -345,11 +346,11 @@ def test_failed_preprocessing_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def test_cli_defaults():
     parser = argparse.ArgumentParser()
-    pfc.add_parser(parser.add_subparsers())
+    command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["plan-from-checkpoint", "-d", "5", "--checkpoint", "m.pth"])
     assert (args.checkpoint, args.plans_name, args.configuration, args.intensity_properties) == (
         "m.pth", "nnUNetPlans_pretrained", None, "source")
-    assert args.func is pfc._run
+    assert args.func is command._run
 
 
 def _planned_with(monkeypatch, capsys, argv):
@@ -357,7 +358,7 @@ def _planned_with(monkeypatch, capsys, argv):
     from nnunet_peft import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.plans_from_checkpoint",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("nnunet_peft.commands.plan_from_checkpoint",))
     monkeypatch.setattr(pfc, "plan_from_checkpoint",
                         lambda target, checkpoint, configuration=None, **kw: seen.update(
                             target=target, checkpoint=str(checkpoint), configuration=configuration))

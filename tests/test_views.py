@@ -133,7 +133,7 @@ def _view_checkpoint(path: Path, plans: dict, configuration: str = "2d") -> Path
 
 @pytest.mark.parametrize("architecture", vp.ARCHITECTURES)
 def test_target_plans_keep_the_view_checkpoints_transpose_and_network(thick_ct, architecture, tmp_path):
-    from nnunet_peft.plans_from_checkpoint import build_target_plans, check_weights_fit, read_checkpoint
+    from nnunet_peft.planning.from_checkpoint import build_target_plans, check_weights_fit, read_checkpoint
 
     source = thick_ct["plans"]["sagittal", architecture]
     ckpt = read_checkpoint(_view_checkpoint(tmp_path / "sag.pth", source))
@@ -150,7 +150,7 @@ def test_target_plans_keep_the_view_checkpoints_transpose_and_network(thick_ct, 
 
 
 def test_plan_views_from_checkpoints_reads_the_view_of_each(thick_ct, tmp_path, monkeypatch):
-    import nnunet_peft.plans_from_checkpoint as pfc
+    import nnunet_peft.planning.from_checkpoint as pfc
     from nnunet_peft.views.plan_views import plan_views_from_checkpoints
 
     ckpts = {v: _view_checkpoint(tmp_path / f"{v}.pth", thick_ct["plans"][v, "multiview"]) for v in vp.VIEWS}

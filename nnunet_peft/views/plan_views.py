@@ -29,7 +29,7 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
                raw_folder: str | os.PathLike | None = None, preprocessed_folder: str | os.PathLike | None = None,
                log: Callable[[str], None] = print) -> dict[str, Path]:
     """Plan and preprocess ``dataset`` once per view with nnU-Net's planner; ``{view: plans file}``."""
-    from nnunet_peft.plans_from_checkpoint import (NnUNetStepFailed, _env_folder, _move_into_place, _run_nnunet,
+    from nnunet_peft.planning.from_checkpoint import (NnUNetStepFailed, _env_folder, _move_into_place, _run_nnunet,
                                                    resolve_dataset)
 
     views = _unique_views(views)
@@ -82,7 +82,7 @@ def plan_views_from_checkpoints(dataset: str | int, checkpoints: Sequence[str | 
     view, or one of no view, are refused before anything is written. ``kwargs`` go to
     ``plan_from_checkpoint`` (intensity properties, folders, overwrite, ...).
     """
-    from nnunet_peft.plans_from_checkpoint import plan_from_checkpoint, read_checkpoint
+    from nnunet_peft.planning.from_checkpoint import plan_from_checkpoint, read_checkpoint
 
     by_view: dict[str, Path] = {}
     for checkpoint in checkpoints:
