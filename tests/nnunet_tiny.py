@@ -40,7 +40,7 @@ def make_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, n_labels: 
 
 
 def nnunet_env(root: Path) -> dict[str, str]:
-    from nnunet_peft.commands.trainer_dir import trainer_dir
+    from nnunet_peft.trainer_folder import trainer_dir
 
     env = dict(os.environ)
     for key, sub in [("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")]:

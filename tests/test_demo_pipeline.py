@@ -56,7 +56,7 @@ def test_resolved_names_follow_the_trainer_grammar(tmp_path):
 
 
 def test_environment_points_nnunet_into_the_work_folder(tmp_path):
-    from nnunet_peft.commands.trainer_dir import trainer_dir
+    from nnunet_peft.trainer_folder import trainer_dir
 
     rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
     env = pipeline.nnunet_environment(rs, base={"nnUNet_extTrainer": "/elsewhere", "nnUNet_raw": "/real/raw"})

@@ -16,7 +16,7 @@ from adapter_helpers import perturb_
 from networks import pretrained_network
 from nnunet_peft.cli import main
 from nnunet_peft.commands.adapters import apply_adapter, export_adapter
-from nnunet_peft.commands.trainer_dir import trainer_dir
+from nnunet_peft.trainer_folder import trainer_dir
 from nnunet_peft.injection import inject_adapters
 from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict
 from nnunet_peft.training.names import parse_trainer_name
@@ -309,7 +309,7 @@ def test_a_subfolder_is_what_the_nnunet_command_line_writes(served, tmp_path, ca
     adapter: nnU-Net's command line on the apply-adapter model folder."""
     import subprocess
 
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     root, base, adapters, inputs = served
     code, _, err = predict(["-i", inputs, "-o", tmp_path / "out", "--checkpoint", base, "-a", adapters["tumour"],

@@ -134,7 +134,7 @@ def _nnunet_lookup(name: str, monkeypatch):
     """nnU-Net's own search (nnUNetv2_train and nnUNetv2_predict call it), with our folder in nnUNet_extTrainer."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_peft.commands.trainer_dir import trainer_dir
+    from nnunet_peft.trainer_folder import trainer_dir
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     return recursive_find_trainer_class_by_name(name)
@@ -160,7 +160,7 @@ def test_nnunetv2_train_prints_the_grammar_error_without_a_traceback(tmp_path):
     import os
     import subprocess
 
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     env = trainer_environment({**os.environ, "OMP_NUM_THREADS": "1"})
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

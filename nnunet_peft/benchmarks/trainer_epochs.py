@@ -266,7 +266,7 @@ def trainer_name(method: str, args: argparse.Namespace) -> str:
 def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
     """Every (method, mode) once per round, in an order rotated per round; each run in its own process.
     Results are appended to ``args.raw`` as they come, and runs found there are not repeated (resumable)."""
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     settings = [(m, FIXED_MODE_NONE) for m in args.methods] + [(m, mode) for m in args.fixed_methods
                                                                  for mode in args.fixed_modes]

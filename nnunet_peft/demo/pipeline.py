@@ -210,7 +210,7 @@ class DemoStepFailed(StepFailed):
 
 
 def nnunet_environment(rs: ResolvedSettings, base: dict[str, str] | None = None) -> dict[str, str]:
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     env = trainer_environment(base)
     env.update({

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nnunet_peft.commands.trainer_dir import trainer_environment  # noqa: F401 (used as runs.trainer_environment)
+from nnunet_peft.trainer_folder import trainer_environment  # noqa: F401 (used as runs.trainer_environment)
 from nnunet_peft.evaluation.trainer_names import TrainerName
 
 RESULT_FOLDER_SEPARATOR = "__"  # nnU-Net's TRAINER__PLANS__CONFIGURATION
