@@ -1,4 +1,5 @@
-"""scripts/benchmark_adapters.py on a tiny network: it runs, and its report says how it measured.
+"""The speed harness (nnunet_peft.benchmarks.adapter_step, run as scripts/benchmark_adapters.py) on a tiny
+network: it runs, and its report says how it measured.
 
 No timing is checked (a test cannot know the machine); the report's structure, its method text and
 its bookkeeping (settings, ratios' denominators, trainable counts, per-layer shapes) are.
@@ -7,22 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_adapters.py"
+from nnunet_peft.benchmarks import adapter_step
+from nnunet_peft.benchmarks.per_layer import FROZEN, FULL, candidates
+from nnunet_peft.benchmarks.step_memory import subprocess_peak_bytes
+from nnunet_peft.mode_tuning import TimedLayer, time_layers
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_adapters", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return adapter_step
 
 
 TINY = ["--stages", "3", "--patch", "8", "--batch", "1", "--warmup", "0", "--repeats", "2", "--threads", "1"]
@@ -129,3 +127,29 @@ def test_backbone_arguments_are_checked(bench, capsys):
 def test_unetr_memory_probe_builds_the_named_setting(bench, capsys):
     assert bench.main([*TINY_UNETR, "--memory-probe", "lora_pt/reconstruct/r2@decoder"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peak_bytes"] >= 0
+
+
+def test_cpu_memory_probe_runs_the_installed_module_in_a_fresh_process(bench):
+    assert importlib.util.find_spec(bench.MODULE).origin == bench.__file__
+    args = bench.parse_args(TINY)
+    assert subprocess_peak_bytes(bench.MODULE, bench.probe_argv(bench.Setting("lora_c", "chain", 2), args)) > 0
+
+
+def test_per_layer_candidates_time_the_image_layer_without_an_input_gradient_but_the_frozen_floor():
+    layer = torch.nn.Conv3d(2, 4, 3, padding=1)
+    for on_image in (False, True):
+        entries = candidates(layer, ["cp_lora"], [2], on_image)
+        assert entries[FULL].layer.weight.requires_grad and not entries[FROZEN].layer.weight.requires_grad
+        assert entries[FROZEN].input_gradient and entries[FULL].input_gradient == (not on_image)
+        modes = {key[2]: e for key, e in entries.items() if key[0] == "cp_lora"}
+        assert set(modes) == set(adapter_step.METHODS["cp_lora"].forward_modes)
+        assert len({id(e.layer) for e in modes.values()}) == 1  # one adapter, timed in each of its modes
+        assert all(e.input_gradient == (not on_image) for e in modes.values())
+    adapter = modes["chain"].layer.eval()
+    before = adapter.forward_mode
+    times = time_layers(entries, (1, 2, 4, 4, 4), warmup=0, repeats=1)
+    assert set(times) == set(entries) and all(t > 0 for t in times.values())
+    assert adapter.forward_mode == before and not adapter.training and entries[FULL].layer.training
+    assert all(p.grad is None for e in entries.values() for p in e.layer.parameters())
+    with pytest.raises(ValueError, match="nothing trainable"):
+        time_layers({FROZEN: TimedLayer(entries[FROZEN].layer, input_gradient=False)}, (1, 2, 4, 4, 4))

@@ -25,8 +25,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
-# scripts whose command lines the docs quote, and how to parse one: name -> (function name, calls parser())
-SCRIPT_PARSERS = {"benchmark_adapters": "parse_args", "multiview_demo": "parse_args", "lpba40_transfer": "parser"}
+# scripts whose command lines the docs quote, and how to parse one: name -> function name ("parser": calls
+# parser()), or "module:function" for a thin script whose parser lives in the package
+SCRIPT_PARSERS = {"benchmark_adapters": "nnunet_peft.benchmarks.adapter_step:parse_args",
+                  "multiview_demo": "parse_args", "lpba40_transfer": "parser"}
 
 FENCE = re.compile(r"^(```|~~~)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -218,6 +220,9 @@ def inline_commands(page: Path) -> list[str]:
 @lru_cache(maxsize=None)
 def script_parse(script: str):
     name = Path(script).stem
+    if ":" in SCRIPT_PARSERS[name]:
+        module, function = SCRIPT_PARSERS[name].split(":")
+        return getattr(importlib.import_module(module), function)
     spec = importlib.util.spec_from_file_location(f"docs_script_{name}", ROOT / script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
