@@ -45,8 +45,8 @@ def build_network(trainer_name: str, plans: dict, dataset_json: dict, configurat
     """The network ``trainer_name`` predicts with: adapted (empty adapters) for ours, stock otherwise."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
-    from nnunet_peft.training.trainer import build_adapted_network
+    from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
+    from nnunet_peft.trainer_network import build_adapted_network
 
     args = network_inputs(plans, dataset_json, configuration)
     if is_plugin_name(trainer_name):

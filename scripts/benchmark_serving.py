@@ -104,7 +104,7 @@ def build_setup(work: Path, args) -> dict:
     from nnunet_peft.commands.adapters import apply_adapter, export_adapter
     from nnunet_peft.injection import inject_adapters
     from nnunet_peft.model_folder import build_network
-    from nnunet_peft.training.names import parse_trainer_name
+    from nnunet_peft.name_grammar import parse_trainer_name
 
     the_plans = plans(args.stages, args.features, args.max_features, list(args.patch))
     torch.manual_seed(0)

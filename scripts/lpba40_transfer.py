@@ -242,7 +242,7 @@ def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
     is the very run the plain name would train again; its validation decided the default, and it has
     never seen the test subjects, so its model may predict them once like any other fold-0 model.
     """
-    from nnunet_peft.training.names import parse_trainer_name
+    from nnunet_peft.name_grammar import parse_trainer_name
 
     results = work / "results" / TARGET
     suffix = f"__{TARGET_PLANS}__3d_fullres"

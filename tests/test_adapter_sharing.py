@@ -23,7 +23,7 @@ from nnunet_peft.cli import main
 from nnunet_peft.commands.adapters import apply_adapter, export_adapter
 from nnunet_peft.commands.info import describe, format_info
 from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict
-from nnunet_peft.training.names import parse_trainer_name
+from nnunet_peft.name_grammar import parse_trainer_name
 
 SPEC = NET_SPECS[1]  # PlainConvUNet 3-D, 2 input channels, 3 classes
 TRAINER = "nnUNetTrainerCPLoRA_r2_a4"

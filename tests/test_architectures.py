@@ -198,7 +198,7 @@ def test_a_registered_family_is_used_by_placement_names_and_the_trainer(toy_fami
 
     from nnunet_peft.checkpoint_file import check_pretrained_compatible
     from nnunet_peft.injection import adapter_layers
-    from nnunet_peft.training.names import parse_trainer_name
+    from nnunet_peft.name_grammar import parse_trainer_name
     from nnunet_peft.training.trainer import trainer_class
 
     net = build_backbone("toynet", (8, 8, 8), 1, 2)

@@ -13,9 +13,9 @@ from nnunet_peft.architectures import (BACKBONES, PLANS_KEY, adjust_patch_size, 
                                        patch_size_problem, plans_with_backbone_patch_size)
 from nnunet_peft.injection import configure_finetuning
 from nnunet_peft.placement import network_stages, target_modules, unique_modules
-from nnunet_peft.training.names import ADAPTER_METHODS, TrainerNameError, parse_trainer_name
+from nnunet_peft.name_grammar import ADAPTER_METHODS, TrainerNameError, parse_trainer_name
 from nnunet_peft.training.pretrained import check_pretrained_compatible
-from nnunet_peft.training.transfer import Source, checkpoint_output_channels, head_modules, map_heads, resize_heads
+from nnunet_peft.class_channel_mapping import Source, checkpoint_output_channels, head_modules, map_heads, resize_heads
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -33,7 +33,7 @@ def test_bad_settings_are_refused(bad):
 
 
 def test_resolved_names_follow_the_trainer_grammar(tmp_path):
-    from nnunet_peft.training.names import parse_trainer_name
+    from nnunet_peft.name_grammar import parse_trainer_name
 
     rs = resolve(DemoSettings(workdir=tmp_path, device="cpu"))
     assert rs.base_features == 16 and rs.source_plans == "nnUNetPlans_demo16"

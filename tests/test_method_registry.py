@@ -9,7 +9,7 @@ from nnunet_peft.layers.base import AdapterLayer
 from nnunet_peft.layers.hyps import HyPSAdapter
 from nnunet_peft.layers.lowrank import ConvLoRAAdapter, CPLoRAAdapter, LoRACAdapter
 from nnunet_peft.layers.tensor import LoRAPTGroup, TCURGroup, TensorGroup
-from nnunet_peft.training.names import ADAPTER_METHODS, GRAMMAR, parse_trainer_name
+from nnunet_peft.name_grammar import ADAPTER_METHODS, GRAMMAR, parse_trainer_name
 
 # written out here, not read from the registry: what each method was before the tables became one
 EXPECTED = {

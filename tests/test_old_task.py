@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_peft.evaluation.old_task import BASE, score_folder, shared_classes, summary_table
-from nnunet_peft.training.transfer import parse_label_map
+from nnunet_peft.class_channel_mapping import parse_label_map
 
 SOURCE = {"labels": {"background": 0, "liver": 1, "spleen": 2}}
 TARGET = {"labels": {"background": 0, "spleen": 1, "lesion": 2, "liver": 3}}

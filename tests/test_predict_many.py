@@ -19,7 +19,7 @@ from nnunet_peft.commands.adapters import apply_adapter, export_adapter
 from nnunet_peft.trainer_folder import trainer_dir
 from nnunet_peft.injection import inject_adapters
 from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict
-from nnunet_peft.training.names import parse_trainer_name
+from nnunet_peft.name_grammar import parse_trainer_name
 from test_adapter_sharing import CONFIGURATION, DATASET_JSON, SPEC, tiny_plans
 
 AXES = (0, 1, 2)

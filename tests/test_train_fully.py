@@ -15,7 +15,7 @@ from networks import BACKBONE_SPECS, NET_SPECS, outputs, pretrained_network, ran
 from nnunet_peft import (METHODS, PeftConfig, adapter_layers, adapter_state_dict, base_fingerprint, inject_adapters,
                          load_adapter, merge_adapters, save_adapter)
 from nnunet_peft.placement import network_stages
-from nnunet_peft.training.names import DEFAULT_LEARNING_RATES, TrainerNameError, parse_trainer_name
+from nnunet_peft.name_grammar import DEFAULT_LEARNING_RATES, TrainerNameError, parse_trainer_name
 from nnunet_peft.training.trainer import GroupPolyLRScheduler
 
 SPECS = [s for s in NET_SPECS if s.ndim == 3] + [s for s in BACKBONE_SPECS if s.arch == "unetr"]

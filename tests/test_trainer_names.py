@@ -2,7 +2,7 @@
 import pytest
 
 from nnunet_peft.config import PLACEMENTS
-from nnunet_peft.training.names import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, DEFAULT_RANK, GRAMMAR, TrainerNameError,
+from nnunet_peft.name_grammar import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, DEFAULT_RANK, GRAMMAR, TrainerNameError,
                                         is_plugin_name, parse_trainer_name)
 
 
@@ -100,7 +100,7 @@ def test_learning_rate_token(name, lr):
 
 
 def test_learning_rate_defaults_per_family():
-    from nnunet_peft.training.names import DEFAULT_LEARNING_RATES
+    from nnunet_peft.name_grammar import DEFAULT_LEARNING_RATES
 
     assert parse_trainer_name("nnUNetTrainerCPLoRA").initial_lr == DEFAULT_LEARNING_RATES["adapter"]
     assert parse_trainer_name("nnUNetTrainerFinetune").initial_lr == DEFAULT_LEARNING_RATES["finetune"]

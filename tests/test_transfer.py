@@ -19,10 +19,10 @@ from nnunet_peft import PeftConfig, inject_adapters
 from nnunet_peft.injection import adapter_layers
 from nnunet_peft.placement import input_convolution
 from nnunet_peft.training.load_report import build_load_report, format_load_report
-from nnunet_peft.training.names import TrainerNameError, parse_trainer_name
-from nnunet_peft.training.transfer import (LABEL_MAP_ENV, NEW_CLASS_LOGIT_MARGIN, adapt_input_conv, map_classes,
-                                           map_heads, match_channels, output_class_names, parse_label_map,
-                                           read_source)
+from nnunet_peft.name_grammar import TrainerNameError, parse_trainer_name
+from nnunet_peft.class_channel_mapping import (LABEL_MAP_ENV, NEW_CLASS_LOGIT_MARGIN, adapt_input_conv,
+                                               map_classes, map_heads, match_channels, output_class_names,
+                                               parse_label_map, read_source)
 
 SPEC = NetSpec("plain", 3, in_channels=1, num_classes=3)
 

@@ -1,7 +1,7 @@
 """The trainers nnU-Net finds through ``nnUNet_extTrainer=$(nnunet-peft trainer-dir)``.
 
 nnU-Net imports this file as a top-level module and asks ``hasattr(module, NAME)``; the module-level
-``__getattr__`` answers every name of the grammar (nnunet_peft.training.names) with a class made
+``__getattr__`` answers every name of the grammar (nnunet_peft.name_grammar) with a class made
 from the name, so no class needs writing. Imports here must be absolute: nnU-Net puts this folder
 on sys.path and imports its files as top-level modules, where relative imports fail.
 """

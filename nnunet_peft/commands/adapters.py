@@ -119,7 +119,7 @@ def stock_trainer(trainer_name: str) -> str:
     """The trainer whose network is ``trainer_name``'s without adapters: nnU-Net's own for the U-Nets;
     for a transformer backbone, which nnU-Net cannot build from plans, ``nnUNetTrainerNoFinetune_<backbone>``."""
     from nnunet_peft.architectures import family_for_token
-    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+    from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
 
     backbone = parse_trainer_name(trainer_name).backbone if is_plugin_name(trainer_name) else None
     return STOCK_TRAINER if family_for_token(backbone).nnunet_builds else f"nnUNetTrainerNoFinetune_{backbone}"

@@ -175,7 +175,7 @@ def _trained_network_fields(network: nn.Module, trainer_name: str, fold_dir: Pat
     """Trainable parameters, adapter file and base fingerprint of a network loaded from a checkpoint."""
     from nnunet_peft.injection import configure_finetuning, get_config
     from nnunet_peft.summary import count_parameters
-    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+    from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
 
     fields: Fields = []
     summary = _read_json_or_none(fold_dir / PEFT_SUMMARY) if fold_dir is not None else None
@@ -274,7 +274,7 @@ def _count_unique(weights: dict) -> int:
 
 # ------------------------------------------------------------------------------------- pieces
 def _trainer_fields(trainer: str | None) -> Fields:
-    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+    from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
 
     fields: Fields = [("trainer", str(trainer))]
     if trainer and is_plugin_name(trainer):
@@ -302,7 +302,7 @@ def _architecture(plans: dict | None, configuration: str | None, trainer: str | 
                   full: bool = False) -> str | None:
     """The network ``trainer`` builds: its backbone token's, else the plans' class."""
     from nnunet_peft.architectures import network_description
-    from nnunet_peft.training.names import is_plugin_name, parse_trainer_name
+    from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
 
     token = None
     if trainer and is_plugin_name(trainer):

@@ -5,10 +5,11 @@ the *checkpoint's* task with every fine-tuned model (the folds of ``--test-folds
 pretrained checkpoint itself (the base, from its own model folder: the checkpoint's parent's
 parent, which nnU-Net writes with ``plans.json`` and ``dataset.json``), then scores each shared class.
 
-Shared classes are those the trainers mapped from the checkpoint (``transfer.map_classes``: by name,
-through ``NNUNET_PEFT_LABEL_MAP``, or by position for two label sets of the same size without a
-common name). Background is not scored. A fine-tuned model writes the target's label values; they
-are turned into the checkpoint's before scoring against the source labels.
+Shared classes are those the trainers mapped from the checkpoint
+(``class_channel_mapping.map_classes``: by name, through ``NNUNET_PEFT_LABEL_MAP``, or by position
+for two label sets of the same size without a common name). Background is not scored. A fine-tuned
+model writes the target's label values; they are turned into the checkpoint's before scoring against
+the source labels.
 
 Output in ``--out/old_task``: ``old_task.csv`` (one row per model, fold, case and class) and
 ``old_task.md`` (mean Dice per class, the base first, with the change against the base).
@@ -27,8 +28,8 @@ import numpy as np
 from nnunet_peft.evaluation import collect
 from nnunet_peft.evaluation.metrics import case_metrics, read_segmentation
 from nnunet_peft.evaluation.runs import Experiment, Run, prediction_options
-from nnunet_peft.training.transfer import (channel_names, label_map_from_env, map_classes, output_class_names,
-                                           read_source)
+from nnunet_peft.class_channel_mapping import (channel_names, label_map_from_env, map_classes, output_class_names,
+                                               read_source)
 
 BASE = "base (pretrained checkpoint)"
 FOLDER = "old_task"

@@ -1,6 +1,6 @@
 """What the benchmark needs to know about a trainer name: its method, and whether it fine-tunes.
 
-Plugin names are parsed by the trainers' own grammar (nnunet_peft.training.names), so a name the
+Plugin names are parsed by the trainers' own grammar (nnunet_peft.name_grammar), so a name the
 benchmark accepts is one nnU-Net will find. Every other name is taken to be one of nnU-Net's own
 trainers (``nnUNetTrainer``, ``nnUNetTrainer_5epochs``...), trained from scratch: the benchmark
 gives ``-pretrained_weights`` to plugin trainers only.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nnunet_peft.training import names as grammar
+from nnunet_peft import name_grammar as grammar
 
 PREFIX = grammar.PREFIX
 REFERENCE_METHOD = "Finetune"

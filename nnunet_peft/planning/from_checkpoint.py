@@ -325,7 +325,7 @@ def _per_target_channel(config: dict[str, Any], source_props: dict[str, Any], fi
 
 def checkpoint_backbone(trainer_name: str) -> str | None:
     """The backbone token of a checkpoint's trainer (``nnUNetTrainerFinetune_unetr_scratch``: ``unetr``), else None."""
-    from nnunet_peft.training.names import TrainerNameError, is_plugin_name, parse_trainer_name
+    from nnunet_peft.name_grammar import TrainerNameError, is_plugin_name, parse_trainer_name
 
     if not is_plugin_name(trainer_name):
         return None

@@ -4,7 +4,7 @@
 nnU-Net loads the pretrained weights itself (``load_pretrained_weights``) but never the
 segmentation heads, and it does not tell the trainer which file it loaded. The trainer reads the
 path from the command line that nnU-Net parses (``sys.argv`` is also restored in DDP workers).
-What happens to the heads and the first convolution is in ``transfer``.
+What happens to the heads and the first convolution is in ``nnunet_peft.class_channel_mapping``.
 """
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ So the instance builds a stock network (an instance attribute shadows the static
 training), and the adapters are created in ``on_train_start`` from the loaded pretrained weights,
 or as empty structure in ``load_checkpoint`` before the saved state is loaded into them.
 
-Starting from a checkpoint with other classes or input channels (``transfer``): for nnU-Net's loader
-the stock network is built with the *checkpoint's* input channel count when it differs (the
-trainer name's ``ch*`` token says how to adapt it); ``on_train_start`` then maps the heads to the
-target's classes, rebuilds the first convolution for the target's channels, and writes the load
-report before anything trains. Prediction builds the target's network directly.
+Starting from a checkpoint with other classes or input channels
+(``nnunet_peft.class_channel_mapping``): for nnU-Net's loader the stock network is built with the
+*checkpoint's* input channel count when it differs (the trainer name's ``ch*`` token says how to
+adapt it); ``on_train_start`` then maps the heads to the target's classes, rebuilds the first
+convolution for the target's channels, and writes the load report before anything trains. Prediction
+builds the target's network directly.
 
 A backbone token (``_unetr``, ``_swinunetr``, ``_primus``; ``nnunet_peft.architectures``) builds that
 network instead of the plans' U-Net, both here and in the static builder; what differs is asked of
@@ -45,17 +46,19 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_peft.adapter_io import WEIGHTS_NAME, adapter_state_dict, nnunet_metadata, save_adapter
-from nnunet_peft.architectures import Family, build_network, family_for_token, plans_with_backbone_patch_size
+from nnunet_peft.architectures import Family, family_for_token, plans_with_backbone_patch_size
+from nnunet_peft.class_channel_mapping import (Source, adapt_input_conv, channel_names, checkpoint_input_channels,
+                                               checkpoint_output_channels, class_summary, label_map_from_env,
+                                               map_heads, match_channels, read_source, resize_heads)
 from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters
 from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices
+from nnunet_peft.name_grammar import TrainerSpec, parse_trainer_name
 from nnunet_peft.placement import input_convolution, network_stages
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
+from nnunet_peft.trainer_network import build_adapted_network, build_stock_network
 from nnunet_peft.training.load_report import build_load_report, format_load_report
-from nnunet_peft.training.names import TrainerSpec, parse_trainer_name
 from nnunet_peft.training.pretrained import check_pretrained_compatible, pretrained_weights_argument
-from nnunet_peft.training.transfer import (Source, adapt_input_conv, channel_names, checkpoint_input_channels,
-                                           checkpoint_output_channels, class_summary, label_map_from_env, map_heads,
-                                           match_channels, read_source, resize_heads)
+
 
 class GroupPolyLRScheduler(PolyLRScheduler):
     """nnU-Net's poly schedule, applied to each parameter group's own initial rate (nnU-Net's sets every
@@ -87,23 +90,6 @@ def unwrap(network: nn.Module) -> nn.Module:
         network = network.module
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
-    return network
-
-
-def build_stock_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
-                        num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-    """The network of ``spec`` without adapters: its backbone token's, or the plans' (nnU-Net's builder)."""
-    return build_network(spec.backbone, plans_manager, configuration_manager, num_input_channels,
-                         num_output_channels, enable_deep_supervision)
-
-
-def build_adapted_network(spec: TrainerSpec, plans_manager, configuration_manager, num_input_channels: int,
-                          num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-    """The network of ``spec`` with empty adapters, ready for a state dict (what prediction needs)."""
-    network = build_stock_network(spec, plans_manager, configuration_manager, num_input_channels,
-                                  num_output_channels, enable_deep_supervision)
-    if spec.peft_method is not None:
-        inject_adapters(network, spec.peft_config(), init_weights=False)
     return network
 
 
@@ -183,7 +169,7 @@ class nnUNetTrainerPeft(nnUNetTrainer):
         if theirs is None or theirs == num_input_channels:
             return network
         src = channel_names(self._source.dataset_json)
-        if not family.adapts_input_channels:  # its ch* tokens are refused (names.py says why)
+        if not family.adapts_input_channels:  # its ch* tokens are refused (name_grammar.py says why)
             raise ValueError(
                 f"the checkpoint {self._source.path} takes {theirs} input channel(s){f' {src}' if src else ''}, but "
                 f"{self.plans_manager.dataset_name} has {num_input_channels} {channel_names(self.dataset_json)}; the "

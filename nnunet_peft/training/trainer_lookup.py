@@ -14,7 +14,7 @@ ours in case alone.
 from __future__ import annotations
 
 from nnunet_peft.architectures import BACKBONES
-from nnunet_peft.training.names import METHOD_TOKENS, PREFIX, TrainerNameError, is_plugin_name, parse_trainer_name
+from nnunet_peft.name_grammar import METHOD_TOKENS, PREFIX, TrainerNameError, is_plugin_name, parse_trainer_name
 from nnunet_peft.training.trainer import trainer_class
 
 

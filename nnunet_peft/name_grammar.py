@@ -1,14 +1,16 @@
 """Trainer names are the configuration: ``nnUNetTrainer<Method>[_<token>]...``.
 
 ``-tr`` carries only a class name and inference rebuilds the network from that name alone, so
-everything that changes the network or the schedule is spelled in the name.
+everything that changes the network or the schedule is spelled in the name. The grammar is below
+the trainers (``nnunet_peft.training``) because more than they read it: rebuilding a model folder's
+network, planning from a checkpoint, the benchmark's classification of names.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from nnunet_peft.architectures import BACKBONES
+from nnunet_peft.architectures import BACKBONES, family_for_token
 from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 
 PREFIX = "nnUNetTrainer"
@@ -207,10 +209,10 @@ def parse_trainer_name(name: str) -> TrainerSpec:
         raise fail(f"{method} trains no adapters, so it takes no r<int>/a<int> tokens")
     if scratch and input_channels is not None:
         raise fail("'scratch' loads no checkpoint, so it takes no chzero/chrepeat/chcopy<int> token")
-    if backbone is not None and input_channels is not None:
+    if input_channels is not None and not family_for_token(backbone).adapts_input_channels:
         raise fail(f"the {backbone!r} backbone takes no chzero/chrepeat/chcopy<int> token: its input reaches "
-                   "more than one layer (UNETR's and SwinUNETR's patch embedding and encoder1), which the "
-                   "channel adaptation does not rebuild; give the target the checkpoint's channels")
+                   "more than the first convolution, which is all the channel adaptation rebuilds; give the "
+                   "target the checkpoint's channels")
     if method in ("SegHead", "NoFinetune") and placement:
         raise fail(f"{method} takes no placement tokens (it trains {'the heads only' if method == 'SegHead' else 'nothing'})")
     if method == "NoFinetune" and ({"epochs", "iterations"} & set(values) or learning_rate is not None):

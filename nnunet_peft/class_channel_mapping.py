@@ -29,6 +29,9 @@ are not mapped: their heads are kept when the shapes match, otherwise re-initial
 convolution (the only layer that sees the input) is rebuilt; the trainer-name token says how
 (``chzero``, ``chrepeat``, ``chcopy<i>``; see ``CHANNEL_MODES``). Target channels are matched to
 the checkpoint's by name (case-insensitive) or, when no name is shared, by position.
+
+The trainer (``nnunet_peft.training.trainer``) applies all of this when it starts; the old-task test
+of the benchmark maps the classes the same way, which is why it lives below the trainers.
 """
 from __future__ import annotations
 
