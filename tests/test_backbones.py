@@ -271,7 +271,7 @@ def test_unetr_adapters_export_apply_and_merge_reproduce_the_trained_model(tmp_p
     from adapter_helpers import perturb_
     from test_adapter_sharing import DATASET_JSON, tiny_plans
 
-    from nnunet_peft.commands.adapters import apply_adapter, export_adapter, merge_model_folder
+    from nnunet_peft.adapter_sharing import apply_adapter, export_adapter, merge_model_folder
     from nnunet_peft.injection import inject_adapters
     from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict, load_fold
 

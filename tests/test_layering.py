@@ -1,4 +1,4 @@
-"""The package's layers point one way: the library below the trainers, each constant defined once.
+"""The package's layers point one way: the library below the trainers and the command line, each constant defined once.
 
 Read from the source (imports anywhere in a module, lazy ones included), so that an import that
 points back up fails here rather than as an import cycle in some later order of imports.
@@ -40,12 +40,21 @@ def test_the_library_imports_nothing_from_the_trainers(module):
     assert not upward, f"{module} imports {upward}: move what it needs below nnunet_peft.training"
 
 
+@pytest.mark.parametrize("module", LIBRARY)
+def test_the_library_imports_nothing_from_the_command_line(module):
+    upward = sorted(m for m in imported_modules(PACKAGE / module)
+                    if m == "nnunet_peft.cli" or m.startswith("nnunet_peft.commands"))
+    assert not upward, (f"{module} imports {upward}: move what it needs into the library (errors.py, "
+                        f"trainer_folder.py, ...) and let the command import it from there")
+
+
 def test_the_library_holds_what_rebuilds_a_network_from_a_trainer_name():
     # these imported the trainer layer once (the name grammar, the network a name builds, the class
     # mapping): the check above must cover them
     assert {"model_folder.py", "named_adapters.py", "name_grammar.py", "trainer_network.py",
             "class_channel_mapping.py", "evaluation/old_task.py", "evaluation/trainer_names.py",
-            "planning/from_checkpoint.py", "architectures/unet.py", "layers/base.py"} <= set(LIBRARY)
+            "planning/from_checkpoint.py", "architectures/unet.py", "layers/base.py", "demo/pipeline.py",
+            "evaluation/runs.py", "adapter_sharing.py", "errors.py", "trainer_folder.py"} <= set(LIBRARY)
 
 
 def test_the_layers_do_not_import_the_injection_or_placement():

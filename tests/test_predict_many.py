@@ -15,7 +15,7 @@ from torch import nn
 from adapter_helpers import perturb_
 from networks import pretrained_network
 from nnunet_peft.cli import main
-from nnunet_peft.commands.adapters import apply_adapter, export_adapter
+from nnunet_peft.adapter_sharing import apply_adapter, export_adapter
 from nnunet_peft.trainer_folder import trainer_dir
 from nnunet_peft.injection import inject_adapters
 from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict
