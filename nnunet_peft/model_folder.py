@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -61,6 +62,31 @@ def load_fold(model_folder: Path, fold_dir: Path, checkpoint: str = CHECKPOINT) 
     network = build_network(ckpt["trainer_name"], plans, dataset_json, ckpt["init_args"]["configuration"])
     network.load_state_dict(ckpt["network_weights"])
     return network, ckpt
+
+
+def load_base(checkpoint: str | Path, ckpt: Mapping[str, Any] | None = None) -> nn.Module:
+    """The stock network of an nnU-Net checkpoint with its weights, on the CPU, with its plans recorded
+    (``set_base_plans``) so that ``load_adapter(..., name=...)`` checks each adapter's plans against them.
+    ``ckpt``: the checkpoint's dict when the caller has read it already."""
+    from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_checkpoint_file
+    from nnunet_peft.injection import get_config
+    from nnunet_peft.named_adapters import set_base_plans
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint_file(checkpoint) if ckpt is None else ckpt
+    args = ckpt.get("init_args") or {}
+    missing = [k for k in ("plans", "configuration", "dataset_json") if k not in args]
+    if missing or "trainer_name" not in ckpt:
+        raise ValueError(f"{checkpoint} records no {', '.join(missing or ['trainer_name'])}; expected a checkpoint "
+                         "written by nnUNetv2_train (checkpoint_final.pth)")
+    network = build_network(ckpt["trainer_name"], args["plans"], args["dataset_json"], args["configuration"])
+    if get_config(network) is not None:
+        raise ValueError(f"{checkpoint} was trained by {ckpt['trainer_name']}, which trains adapters; a base is a "
+                         "stock checkpoint (nnunet-peft merge folds adapters into one)")
+    check_pretrained_compatible(network, checkpoint, weights=ckpt["network_weights"])
+    network.load_state_dict(ckpt["network_weights"])
+    set_base_plans(network, args["plans"], args["configuration"], f"the base {checkpoint}")
+    return network.eval()
 
 
 def checkpoint_dict(network_weights: dict, trainer_name: str, plans: dict, dataset_json: dict, configuration: str,

@@ -18,10 +18,10 @@ them; the base's heads are kept aside (a frozen copy) for ``disable_adapters``.
 
 Plans. An adapter reproduces its model only with the input preprocessed as it was trained (spacing,
 normalisation, axis order, patch size) and on the network built from the same architecture. Where
-the plans are known (``load_base`` records the checkpoint's; an export-adapter folder holds its own),
-``load_adapter(..., name=...)`` refuses an adapter whose plans differ in any of these
-(``PlansMismatchError``, naming each difference). Targets planned with ``plan-from-checkpoint`` from one
-checkpoint share all of them.
+the plans are known (``model_folder.load_base`` records the checkpoint's; an export-adapter folder
+holds its own), ``load_adapter(..., name=...)`` refuses an adapter whose plans differ in any of
+these (``PlansMismatchError``, naming each difference). Targets planned with
+``plan-from-checkpoint`` from one checkpoint share all of them.
 """
 from __future__ import annotations
 
@@ -368,30 +368,6 @@ def check_adapter_plans(network: nn.Module, directory: Path, record: Mapping[str
         reg.plans = (plans, configuration, f"the adapter {directory}")
         return
     check_plans(reg.plans, plans, configuration, f"the adapter {directory}")
-
-
-def load_base(checkpoint: str | Path, ckpt: Mapping[str, Any] | None = None) -> nn.Module:
-    """The stock network of an nnU-Net checkpoint with its weights, on the CPU, with its plans recorded
-    (``set_base_plans``) so that ``load_adapter(..., name=...)`` checks each adapter's plans against them.
-    ``ckpt``: the checkpoint's dict when the caller has read it already."""
-    from nnunet_peft.model_folder import build_network
-    from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_checkpoint_file
-
-    checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint_file(checkpoint) if ckpt is None else ckpt
-    args = ckpt.get("init_args") or {}
-    missing = [k for k in ("plans", "configuration", "dataset_json") if k not in args]
-    if missing or "trainer_name" not in ckpt:
-        raise ValueError(f"{checkpoint} records no {', '.join(missing or ['trainer_name'])}; expected a checkpoint "
-                         "written by nnUNetv2_train (checkpoint_final.pth)")
-    network = build_network(ckpt["trainer_name"], args["plans"], args["dataset_json"], args["configuration"])
-    if get_config(network) is not None:
-        raise ValueError(f"{checkpoint} was trained by {ckpt['trainer_name']}, which trains adapters; a base is a "
-                         "stock checkpoint (nnunet-peft merge folds adapters into one)")
-    check_pretrained_compatible(network, checkpoint, weights=ckpt["network_weights"])
-    network.load_state_dict(ckpt["network_weights"])
-    set_base_plans(network, args["plans"], args["configuration"], f"the base {checkpoint}")
-    return network.eval()
 
 
 def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str, Any], config: PeftConfig, name: str,

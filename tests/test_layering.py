@@ -87,3 +87,10 @@ def test_the_moved_names_still_import_from_where_callers_find_them():
     assert class_channel_mapping.head_modules is head_modules and pretrained.HEAD_KEY is HEAD_KEY == ".seg_layers."
     assert set(TARGET_TYPES) == set(CONVOLUTION_TYPES) | {nn.Linear}
     assert set(TRANSPOSED_TYPES) < set(CONVOLUTION_TYPES) and len(CONVOLUTION_TYPES) == 6
+
+
+def test_the_named_adapters_build_no_network():
+    # a base is loaded by model_folder.load_base, above the registry: the registry importing the network
+    # builders closed a cycle through them and the injection, which imports the registry
+    for builder in ("nnunet_peft.model_folder", "nnunet_peft.trainer_network"):
+        assert builder not in imported_modules(PACKAGE / "named_adapters.py")

@@ -256,7 +256,7 @@ def test_adapters_of_another_base_or_other_plans_are_refused(served, tmp_path, c
 
 
 def test_encoder_stages_no_adapter_changes_run_once_and_predict_the_same(served, tmp_path, capsys, monkeypatch):
-    from nnunet_peft.named_adapters import load_base
+    from nnunet_peft.model_folder import load_base
     from nnunet_peft.serving.shared import shared_stages
     from nnunet_peft.serving.tasks import load_tasks
 

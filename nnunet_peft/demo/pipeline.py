@@ -434,7 +434,7 @@ class Demo:
     def _serve(self, log_file: Path) -> dict:
         """Every adapter method exported and served with the base's own task from the one base."""
         from nnunet_peft.adapter_sharing import export_adapter
-        from nnunet_peft.named_adapters import load_base
+        from nnunet_peft.model_folder import load_base
         from nnunet_peft.serving.predict import predict_many
         from nnunet_peft.summary import count_parameters
 

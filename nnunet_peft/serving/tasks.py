@@ -13,9 +13,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from nnunet_peft.adapter_io import CONFIG_NAME, load_adapter, read_adapter_config
-from nnunet_peft.model_folder import read_json
-from nnunet_peft.named_adapters import load_base
 from nnunet_peft.checkpoint_file import load_checkpoint_file
+from nnunet_peft.model_folder import load_base, read_json
 
 BASE_TASK = "base"
 COMBINED_FOLDER = "combined"
