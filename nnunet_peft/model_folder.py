@@ -11,6 +11,10 @@ from torch import nn
 
 CHECKPOINT = "checkpoint_final.pth"
 FOLDER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+# what the plugin's trainers add to each fold_K/ beside nnU-Net's files
+SUMMARY_NAME = "peft_summary.json"  # trainable parameters, timings, the load report
+LOAD_REPORT_NAME = "load_report.json"  # written when training starts: which tensors came from where
+ADAPTER_DIR = "adapter"  # the adapters alone, as save_adapter writes them
 
 
 def fold_dirs(model_folder: Path, checkpoint: str = CHECKPOINT) -> list[Path]:

@@ -21,7 +21,7 @@ from nnunet_peft import (METHODS, BaseFingerprintWarning, BaseMismatchError, Pef
 from nnunet_peft.adapter_io import CONFIG_NAME, FINGERPRINT_KEY, read_adapter_config
 from nnunet_peft.cli import main
 from nnunet_peft.adapter_sharing import apply_adapter, export_adapter
-from nnunet_peft.commands.info import describe, format_info
+from nnunet_peft.folder_info import describe, format_info
 from nnunet_peft.model_folder import CHECKPOINT, checkpoint_dict
 from nnunet_peft.name_grammar import parse_trainer_name
 

@@ -303,7 +303,7 @@ def test_unetr_adapters_export_apply_and_merge_reproduce_the_trained_model(tmp_p
         assert backbone_family(network) == "unetr"
         assert torch.allclose(network.eval()(x), reference, atol=1e-5), folder
     assert ckpt["trainer_name"] == "nnUNetTrainerNoFinetune_unetr"  # the merged model: the stock backbone
-    from nnunet_peft.commands.info import describe
+    from nnunet_peft.folder_info import describe
 
     assert dict(describe(tmp_path / "source.pth")["fields"])["architecture"] == "UNETR (MONAI)"
     assert dict(describe(model)["fields"])["backbone"] == "UNETR (MONAI)"

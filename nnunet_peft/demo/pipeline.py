@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_peft.atomic import staged_folder
-from nnunet_peft.errors import StepFailed
 from nnunet_peft.demo import synthetic
+from nnunet_peft.errors import StepFailed
+from nnunet_peft.model_folder import SUMMARY_NAME
 from nnunet_peft.planning.plans_variant import write_plans_variant
 
 SOURCE_ID, TARGET_ID = 901, 902
@@ -39,7 +40,6 @@ TARGET_NAME = f"Dataset{TARGET_ID}_SyntheticSAH"
 CONFIGURATION = "3d_fullres"
 FOLD = 0
 TARGET_PLANS = "nnUNetPlans_pretrained"  # plan-from-checkpoint's default name
-SUMMARY_NAME = "peft_summary.json"  # written by the plugin's trainers into fold_K/
 NUM_SOURCE_CASES = 30
 # source cases the pretraining never sees (imagesTs; nnU-Net trains on imagesTr only): the base's task
 NUM_SOURCE_TEST = 6

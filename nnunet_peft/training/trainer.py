@@ -52,6 +52,7 @@ from nnunet_peft.class_channel_mapping import (Source, adapt_input_conv, channel
                                                map_heads, match_channels, read_source, resize_heads)
 from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters
 from nnunet_peft.mode_tuning import choose_forward_modes, format_mode_choices
+from nnunet_peft.model_folder import ADAPTER_DIR, LOAD_REPORT_NAME, SUMMARY_NAME
 from nnunet_peft.name_grammar import TrainerSpec, parse_trainer_name
 from nnunet_peft.placement import input_convolution, network_stages
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
@@ -77,11 +78,6 @@ class GroupPolyLRScheduler(PolyLRScheduler):
         for group, initial in zip(self.optimizer.param_groups, self.group_initial_lrs):
             group["lr"] = initial * factor
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-
-SUMMARY_NAME = "peft_summary.json"
-LOAD_REPORT_NAME = "load_report.json"
-ADAPTER_DIR = "adapter"
 
 
 def unwrap(network: nn.Module) -> nn.Module:
