@@ -10,8 +10,9 @@ Each run is one process that does what ``nnUNetv2_train -pretrained_weights`` do
 ``get_trainer_from_args``, ``maybe_load_checkpoint``, ``run_training``), on the same preprocessed data,
 plans, batch and patch for every method, with timers hooked around the parts of a step (nothing of the
 trainer is replaced). Runs alternate: every round trains every method once, in an order rotated per
-round, so that a change in the machine's load falls on all methods alike, and ratios are taken within
-a round. The peak resident memory (VmHWM) is the training process's own, since each run is a process.
+round, each between two runs of ``Finetune``, and a method's ratio is to the mean of those two: a
+shared machine's speed drifts by tens of percent over minutes (measured: 6.0 s to 8.0 s for the same
+``Finetune`` epoch within 12 minutes), which a ratio to one reference run per round does not cancel. The peak resident memory (VmHWM) is the training process's own, since each run is a process.
 
     python scripts/benchmark_trainer_epochs.py -d 612 -p nnUNetPlans_pretrained -f 2 \\
         --pretrained base.pth --methods Finetune CPLoRA ConvLoRA --rounds 2 --out epochs.md
@@ -263,19 +264,30 @@ def trainer_name(method: str, args: argparse.Namespace) -> str:
     return f"nnUNetTrainer{method}_{args.epochs}ep_{args.iterations}it"
 
 
+def schedule(settings: Sequence[tuple[str, str]], reference: tuple[str, str], round_: int) -> list[tuple[str, str]]:
+    """One round: every setting once, in an order rotated per round, each between two runs of the reference
+    (R s1 R s2 R ... R), so that each ratio is taken against the reference runs on either side of it."""
+    others = [s for s in settings if s != reference]
+    order = [reference]
+    for setting in rotated(others, round_) if others else []:
+        order += [setting, reference]
+    return order
+
+
 def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
-    """Every (method, mode) once per round, in an order rotated per round; each run in its own process.
-    Results are appended to ``args.raw`` as they come, and runs found there are not repeated (resumable)."""
+    """The rounds of ``schedule``, each run in its own process. Results are appended to ``args.raw`` as they
+    come, keyed by round and position, and runs found there are not repeated (resumable)."""
     from nnunet_peft.trainer_folder import trainer_environment
 
     settings = [(m, FIXED_MODE_NONE) for m in args.methods] + [(m, mode) for m in args.fixed_methods
                                                                  for mode in args.fixed_modes]
     done = read_raw(args.raw)
+    finished = {(d["round"], d["seq"]) for d in done}
     for r in range(args.rounds):
-        for method, mode in rotated(settings, r):
-            if any(d["round"] == r and d["method"] == method and d["forward_mode"] == mode for d in done):
+        for seq, (method, mode) in enumerate(schedule(settings, (args.reference, FIXED_MODE_NONE), r)):
+            if (r, seq) in finished:
                 continue
-            log(f"[{time.strftime('%H:%M:%S')}] round {r}: {method} ({mode})")
+            log(f"[{time.strftime('%H:%M:%S')}] round {r}, run {seq}: {method} ({mode})")
             with tempfile.TemporaryDirectory() as tmp:
                 env = trainer_environment({**os.environ, "nnUNet_results": tmp})
                 out = Path(tmp) / "run.json"
@@ -284,7 +296,8 @@ def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
                 if proc.returncode != 0 or not out.is_file():
                     raise SystemExit(f"the run of {method} ({mode}) failed with exit code {proc.returncode}; "
                                      f"rerun without --quiet to see nnU-Net's output")
-                result = {**json.loads(out.read_text(encoding="utf-8")), "round": r, "method": method, "forward_mode": mode}
+                result = {**json.loads(out.read_text(encoding="utf-8")), "round": r, "seq": seq, "method": method,
+                          "forward_mode": mode}
             done.append(result)
             with open(args.raw, "a", encoding="utf-8") as f:
                 f.write(json.dumps(result) + "\n")
@@ -305,18 +318,27 @@ def epoch_stats(run: dict, skip: int) -> dict[str, float]:
 
 
 def summarise(results: list[dict], skip: int, reference: str = "Finetune") -> list[dict]:
-    """One row per (method, mode): median epoch and parts over rounds, and the median over rounds of the
-    within-round ratio to ``reference`` (auto mode)."""
-    by_round_ref = {r["round"]: epoch_stats(r, skip)["total"] for r in results
-                    if r["method"] == reference and r["forward_mode"] == FIXED_MODE_NONE}
-    rss_ref = [r["peak_rss_mib"] for r in results if r["method"] == reference and r["forward_mode"] == FIXED_MODE_NONE]
+    """One row per (method, mode): median epoch and parts over its runs, and the median over its runs of
+    the ratio to the mean of the reference runs just before and after it (the schedule's brackets), which
+    cancels a drift of the machine's speed that is linear over the three runs."""
+    def is_ref(r):
+        return r["method"] == reference and r["forward_mode"] == FIXED_MODE_NONE
+
+    ref_at = {(r["round"], r["seq"]): epoch_stats(r, skip)["total"] for r in results if is_ref(r)}
+    rss_ref = [r["peak_rss_mib"] for r in results if is_ref(r)]
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in results:
         groups[(r["method"], r["forward_mode"])].append(r)
     rows = []
     for (method, mode), runs in groups.items():
         stats = [epoch_stats(r, skip) for r in runs]
-        ratios = [s["total"] / by_round_ref[r["round"]] for s, r in zip(stats, runs) if r["round"] in by_round_ref]
+        ratios = []
+        for st, r in zip(stats, runs):
+            brackets = [ref_at[k] for k in ((r["round"], r["seq"] - 1), (r["round"], r["seq"] + 1)) if k in ref_at]
+            if is_ref(r):
+                ratios.append(1.0)
+            elif brackets:
+                ratios.append(st["total"] / statistics.mean(brackets))
         row = {"method": method, "forward_mode": mode, "rounds": len(runs),
                **{k: statistics.median(s[k] for s in stats) for k in ("total", *PARTS)},
                "ratio": statistics.median(ratios) if ratios else float("nan"),
@@ -340,7 +362,8 @@ def format_report(rows: list[dict], results: list[dict], args: argparse.Namespac
              f"{args.skip_epochs} and then over {args.rounds} rounds; device {args.device}, torch threads "
              f"{os.environ.get('OMP_NUM_THREADS', 'default')}. Each run is its own process doing what "
              "nnUNetv2_train -pretrained_weights does; every round trains every setting once, the order rotated "
-             "per round; ratio = epoch / the same round's Finetune epoch (median over rounds, [min, max]).", "",
+             f"per round, each setting between two {args.reference} runs; ratio = epoch / the mean of those two "
+             f"{args.reference} epochs (median over rounds, [min, max]).", "",
              "| method | forward mode | epoch s | ratio to Finetune | " + " | ".join(PARTS) +
              " | auto timing s (once) | peak RSS MiB (ratio) | modes used | trainable |",
              "|---|---|---:|---|" + "---:|" * len(PARTS) + "---:|---:|---|---:|"]
@@ -388,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(args.dataset, args.configuration, args.fold, args.methods[0], args.plans, args.pretrained,
                          args.device, args.forward_mode)
         args.worker.write_text(json.dumps(result), encoding="utf-8")
-        return 0
+        # nnU-Net's augmenter threads can outlive their worker processes and block the interpreter's exit
+        # for good (seen once in 26 runs); the result is written, so leave without waiting for them
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if args.epochs <= args.skip_epochs:
         raise SystemExit(f"--epochs ({args.epochs}) must exceed --skip-epochs ({args.skip_epochs})")
     if args.reference not in args.methods:
