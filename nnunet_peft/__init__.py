@@ -10,10 +10,10 @@ Several named adapters on one base (docs/serving_many_adapters.md):
     set_adapter(network, "siteA")
     with disable_adapters(network): ...   # exactly the base
 """
-from nnunet_peft.adapter_io import (BaseFingerprintWarning, BaseMismatchError, adapter_state_dict, base_fingerprint,
-                                    load_adapter, save_adapter)
+from nnunet_peft.adapter_io import BaseFingerprintWarning, BaseMismatchError, base_fingerprint, load_adapter, save_adapter
+from nnunet_peft.adapter_state import adapter_layers, adapter_state_dict
 from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
-from nnunet_peft.injection import adapter_layers, configure_finetuning, inject_adapters, merge_adapters
+from nnunet_peft.injection import configure_finetuning, inject_adapters, merge_adapters
 from nnunet_peft.named_adapters import PlansMismatchError, delete_adapter, disable_adapters, set_adapter
 from nnunet_peft.summary import count_parameters, trainable_parameter_table
 

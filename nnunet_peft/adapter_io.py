@@ -18,9 +18,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nnunet_peft.adapter_state import adapter_layers, adapter_state_dict, get_config
 from nnunet_peft.atomic import staged_folder
 from nnunet_peft.config import PeftConfig
-from nnunet_peft.injection import GROUPS_ATTR, adapter_layers, get_config, inject_adapters
+from nnunet_peft.injection import inject_adapters
+from nnunet_peft.named_adapters import (active_adapter, adapter_names, check_adapter_plans, delete_adapter,
+                                        disable_adapters, get_adapter, remembered_fingerprint, set_adapter,
+                                        take_file_shapes)
 from nnunet_peft.placement import HEAD_KEY
 from nnunet_peft.summary import count_parameters
 
@@ -36,21 +40,6 @@ class BaseMismatchError(ValueError):
 
 class BaseFingerprintWarning(UserWarning):
     """An adapter was loaded onto a base that could not be checked, or that differs (when allowed)."""
-
-
-def adapter_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter state, keyed as in ``network.state_dict()``; a tensor registered twice appears once."""
-    keep = {id(p) for p in network.parameters() if p.requires_grad}
-    for layer in adapter_layers(network):
-        keep |= {id(b) for name, b in layer.named_buffers() if not name.startswith("base_layer.")}
-    if hasattr(network, GROUPS_ATTR):
-        keep |= {id(b) for b in getattr(network, GROUPS_ATTR).buffers()}
-    state, seen = {}, set()
-    for key, value in network.state_dict(keep_vars=True).items():
-        if id(value) in keep and id(value) not in seen:
-            seen.add(id(value))
-            state[key] = value.detach().cpu().contiguous()
-    return state
 
 
 # ------------------------------------------------------------------------------------ fingerprint
@@ -206,8 +195,6 @@ def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base:
     record = read_adapter_config(directory)
     config = PeftConfig.from_dict(record["peft_config"])
     if name is not None:
-        from nnunet_peft.named_adapters import load_named_adapter  # it imports this module
-
         return load_named_adapter(network, directory, record, config, name, allow_other_base, base_name)
     if get_config(network) is not None and get_config(network) != config:
         raise ValueError(f"the network holds adapters {get_config(network)} but {directory} holds {config}")
@@ -219,6 +206,37 @@ def load_adapter(network: nn.Module, directory: str | Path, *, allow_other_base:
         inject_adapters(network, config, init_weights=False)
     check_fits(network, tensors, directory / WEIGHTS_NAME)
     network.load_state_dict(tensors, strict=False)
+    return network
+
+
+def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str, Any], config: PeftConfig, name: str,
+                       allow_other_base: bool = False, base_name: str | None = None) -> nn.Module:
+    """``load_adapter(network, directory, name=name)``: checked against the base (fingerprint) and the plans,
+    injected beside the other named adapters, loaded, and made active. A refused or unfitting adapter
+    leaves the network as it was."""
+    if name in adapter_names(network):
+        raise ValueError(f"the network already holds an adapter named {name!r} (delete_adapter it first, or "
+                         f"choose another name); it holds {adapter_names(network)}")
+    tensors = read_adapter_weights(directory)
+    with disable_adapters(network):  # the fingerprint is the stock base's, whichever adapter is active
+        fingerprint = (remembered_fingerprint(network, tensors.keys(), base_fingerprint)
+                       if FINGERPRINT_KEY in record else None)
+        check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
+                   base_name=base_name, fingerprint=fingerprint)
+    check_adapter_plans(network, directory, record)
+    previous = active_adapter(network)
+    inject_adapters(network, config, init_weights=False, name=name)
+    try:
+        take_file_shapes(network, name, tensors)
+        check_fits(network, tensors, directory / WEIGHTS_NAME)
+        network.load_state_dict(tensors, strict=False)
+    except Exception:
+        delete_adapter(network, name)
+        if previous is not None:
+            set_adapter(network, previous)
+        raise
+    adapter = get_adapter(network, name)
+    adapter.record, adapter.source = dict(record), directory
     return network
 
 

@@ -6,10 +6,12 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from nnunet_peft.adapter_state import CONFIG_ATTR, GROUPS_ATTR, adapter_layers, get_config
 from nnunet_peft.config import METHODS, PLACEMENTS, PeftConfig
 from nnunet_peft.layers.base import AdapterLayer, check_adaptable
 from nnunet_peft.layers.kinds import conv_layout_weight
 from nnunet_peft.layers.tensor import TensorGroupAdapter
+from nnunet_peft.named_adapters import forget_adapters, prepare_injection, register_injected
 from nnunet_peft.placement import (check_called, fused_blocks, input_convolution, module_names, network_stages,
                                    replace_module, target_modules)
 
@@ -17,18 +19,6 @@ from nnunet_peft.placement import (check_called, fused_blocks, input_convolution
 # read from the registry nnunet_peft.config.METHODS
 LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
     method: spec.layer_class for method, spec in METHODS.items() if spec.family != "tensor"}
-
-GROUPS_ATTR = "peft_groups"
-CONFIG_ATTR = "peft_config"
-
-
-def adapter_layers(network: nn.Module) -> list[AdapterLayer]:
-    """Every adapter layer of ``network``, once each."""
-    return [m for m in network.modules() if isinstance(m, AdapterLayer)]
-
-
-def get_config(network: nn.Module) -> PeftConfig | None:
-    return getattr(network, CONFIG_ATTR, None)
 
 
 def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: bool = True,
@@ -43,8 +33,6 @@ def inject_adapters(network: nn.Module, config: PeftConfig, *, init_weights: boo
     ``name`` registers the adapter under that name beside the network's other named adapters and makes
     it the active one (``nnunet_peft.named_adapters``); without one it is ``"default"``.
     """
-    from nnunet_peft.named_adapters import prepare_injection, register_injected  # it imports this module
-
     if not isinstance(config, PeftConfig):
         raise ValueError(f"config must be a PeftConfig, got {type(config).__name__}")
     prepare_injection(network, name)
@@ -154,8 +142,6 @@ def merge_adapters(network: nn.Module) -> nn.Module:
     freshly built one. All parameters are trainable again, as in a stock network. HyPS cannot be
     folded (its serial adapter is a function of the activations) and raises a ValueError.
     """
-    from nnunet_peft.named_adapters import forget_adapters
-
     config = get_config(network)
     layers = adapter_layers(network)
     if config is None and not layers:

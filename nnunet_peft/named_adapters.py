@@ -22,6 +22,10 @@ the plans are known (``model_folder.load_base`` records the checkpoint's; an exp
 holds its own), ``load_adapter(..., name=...)`` refuses an adapter whose plans differ in any of
 these (``PlansMismatchError``, naming each difference). Targets planned with
 ``plan-from-checkpoint`` from one checkpoint share all of them.
+
+Layering: the registry reads the network through ``adapter_state`` alone, so that ``injection``
+(which registers what it injects) and ``adapter_io`` (whose ``load_adapter(..., name=...)`` checks,
+injects and loads) both sit above it.
 """
 from __future__ import annotations
 
@@ -29,13 +33,13 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from nnunet_peft.adapter_state import CONFIG_ATTR, GROUPS_ATTR, adapter_layers, adapter_state_dict, get_config
 from nnunet_peft.config import PeftConfig
-from nnunet_peft.injection import CONFIG_ATTR, GROUPS_ATTR, adapter_layers, get_config
 from nnunet_peft.layers.base import AdapterLayer
 
 REGISTRY_ATTR = "peft_named_adapters"
@@ -224,8 +228,6 @@ def register_injected(network: nn.Module, name: str | None) -> None:
     own: the first adapter keeps the network's objects (so single-adapter training is unchanged) and the
     base keeps a frozen copy; a later one gets a copy of the base's, to train or to load into.
     """
-    from nnunet_peft.adapter_io import adapter_state_dict
-
     named, name = name is not None, DEFAULT_ADAPTER if name is None else name
     reg = _registry(network, create=True)
     layers = adapter_layers(network)
@@ -370,47 +372,18 @@ def check_adapter_plans(network: nn.Module, directory: Path, record: Mapping[str
     check_plans(reg.plans, plans, configuration, f"the adapter {directory}")
 
 
-def load_named_adapter(network: nn.Module, directory: Path, record: Mapping[str, Any], config: PeftConfig, name: str,
-                       allow_other_base: bool = False, base_name: str | None = None) -> nn.Module:
-    """``load_adapter(network, directory, name=name)``: checked against the base (fingerprint) and the plans,
-    injected beside the other named adapters, loaded, and made active. A refused or unfitting adapter
-    leaves the network as it was."""
-    from nnunet_peft.adapter_io import FINGERPRINT_KEY, WEIGHTS_NAME, check_base, check_fits, read_adapter_weights
-    from nnunet_peft.injection import inject_adapters
-
-    if name in adapter_names(network):
-        raise ValueError(f"the network already holds an adapter named {name!r} (delete_adapter it first, or "
-                         f"choose another name); it holds {adapter_names(network)}")
-    tensors = read_adapter_weights(directory)
-    with disable_adapters(network):  # the fingerprint is the stock base's, whichever adapter is active
-        fingerprint = _base_fingerprint(network, tensors.keys()) if FINGERPRINT_KEY in record else None
-        check_base(network, directory, record, carried=tensors.keys(), allow_other_base=allow_other_base,
-                   base_name=base_name, fingerprint=fingerprint)
-    check_adapter_plans(network, directory, record)
-    previous = active_adapter(network)
-    inject_adapters(network, config, init_weights=False, name=name)
+def take_file_shapes(network: nn.Module, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """The adapter ``name``'s own tensors at stock names take the shape of those in its file (heads of
+    another class count, a first convolution rebuilt for other input channels), so that it loads."""
     adapter = get_adapter(network, name)
-    try:
-        # its own tensors at stock names take the file's shape (heads of another class count, a first
-        # convolution rebuilt for other input channels)
-        state = network.state_dict(keep_vars=True)
-        owned = {id(t): key for key, t in adapter.owned.items()}
-        for key, value in tensors.items():
-            current = state.get(key)
-            if current is not None and id(current) in owned and current.shape != value.shape:
-                replacement = nn.Parameter(value.to(current.device, current.dtype),
-                                           requires_grad=current.requires_grad)
-                adapter.owned[owned[id(current)]] = replacement
-                _set_tensor(network, owned[id(current)], replacement)
-        check_fits(network, tensors, directory / WEIGHTS_NAME)
-        network.load_state_dict(tensors, strict=False)
-    except Exception:
-        delete_adapter(network, name)
-        if previous is not None:
-            set_adapter(network, previous)
-        raise
-    adapter.record, adapter.source = dict(record), directory
-    return network
+    state = network.state_dict(keep_vars=True)
+    owned = {id(t): key for key, t in adapter.owned.items()}
+    for key, value in tensors.items():
+        current = state.get(key)
+        if current is not None and id(current) in owned and current.shape != value.shape:
+            replacement = nn.Parameter(value.to(current.device, current.dtype), requires_grad=current.requires_grad)
+            adapter.owned[owned[id(current)]] = replacement
+            _set_tensor(network, owned[id(current)], replacement)
 
 
 def move_adapters(network: nn.Module, device: torch.device | str) -> nn.Module:
@@ -430,14 +403,13 @@ def move_adapters(network: nn.Module, device: torch.device | str) -> nn.Module:
     return network
 
 
-def _base_fingerprint(network: nn.Module, carried) -> str:
-    """``base_fingerprint(network, carried)`` of the stock network, remembered while no base tensor changes
-    (a tensor's version counter moves with every in-place change)."""
-    from nnunet_peft.adapter_io import base_fingerprint
-
+def remembered_fingerprint(network: nn.Module, carried: Iterable[str],
+                           fingerprint: Callable[..., str]) -> str:
+    """``fingerprint(network, carried=carried)`` (``adapter_io.base_fingerprint``) of the stock network,
+    remembered while no base tensor changes (a tensor's version counter moves with every in-place change)."""
     reg = _registry(network, create=True)
     state = network.state_dict(keep_vars=True)
     key = (frozenset(k for k in carried if k in state), tuple((k, id(v), v._version) for k, v in state.items()))
     if key not in reg.fingerprints:
-        reg.fingerprints = {key: base_fingerprint(network, carried=carried)}  # only the latest base is worth keeping
+        reg.fingerprints = {key: fingerprint(network, carried=carried)}  # only the latest base is worth keeping
     return reg.fingerprints[key]
