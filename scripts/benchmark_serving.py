@@ -101,7 +101,7 @@ def build_setup(work: Path, args) -> dict:
     import SimpleITK as sitk
     import torch
 
-    from nnunet_peft.commands.adapters import apply_adapter, export_adapter
+    from nnunet_peft.adapter_sharing import apply_adapter, export_adapter
     from nnunet_peft.injection import inject_adapters
     from nnunet_peft.model_folder import build_network
     from nnunet_peft.name_grammar import parse_trainer_name
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
 
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.adapter_io import WEIGHTS_NAME
+    from nnunet_peft.trainer_folder import trainer_environment
 
     work = args.work or Path(tempfile.mkdtemp(prefix="benchmark_serving."))
     if args.work is not None and work.exists():
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
                       f"{one['seconds']:.1f} s", file=sys.stderr)
         for kind in args.kinds:
             for k in sorted(args.ks):
-                adapter_bytes = [sum(f.stat().st_size for f in Path(a).rglob("adapter_model.safetensors"))
+                adapter_bytes = [sum(f.stat().st_size for f in Path(a).rglob(WEIGHTS_NAME))
                                  for a in setup["adapters"][kind][:k]]
                 storage.append((kind, k, base_bytes + sum(adapter_bytes), k * base_bytes, adapter_bytes))
         report = format_report(args, rows, storage, base_bytes, time.perf_counter() - started, setup)

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_peft.config import METHODS
+from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSD = SHARED / "msd_hippocampus_sample"
 LPBA40 = SHARED / "lpba40"
 SOURCE_ID, TARGET_ID, TEST_ID = 601, 602, 603
-TARGET, TARGET_PLANS = f"Dataset{TARGET_ID}_LPBA40Hippocampus", "nnUNetPlans_pretrained"
+TARGET, TARGET_PLANS = f"Dataset{TARGET_ID}_LPBA40Hippocampus", DEFAULT_PLANS_NAME
 N_TRAIN_SUBJECTS = 10
 
 
@@ -367,7 +368,7 @@ def summarise_curve(work: Path, folds: list[int]) -> None:
 
 
 def environment(work: Path) -> dict[str, str]:
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     env = trainer_environment()  # the plugin's trainers first; the user's own folders are kept
     for key, sub in [("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")]:

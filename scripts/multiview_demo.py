@@ -88,7 +88,7 @@ def trainer_name(method: str, epochs: int, iterations: int) -> str:
 
 
 def main(argv=None) -> int:
-    from nnunet_peft.commands.trainer_dir import trainer_environment
+    from nnunet_peft.trainer_folder import trainer_environment
 
     args = parse_args(argv)
     work = args.work.resolve()

@@ -78,6 +78,24 @@ def test_each_tuple_of_layer_types_is_written_once():
         assert where == ["layers/kinds.py"], f"({types}) is written in {where}; import it from layers/kinds.py"
 
 
+@pytest.mark.parametrize("literal, home", [
+    ('"peft_summary.json"', "model_folder.py"), ('"load_report.json"', "model_folder.py"),
+    ('"adapter_config.json"', "adapter_io.py"), ('"adapter_model.safetensors"', "adapter_io.py"),
+    ('".seg_layers."', "placement.py")])
+def test_each_file_and_key_name_is_written_once(literal, home):
+    where = [p.relative_to(PACKAGE).as_posix() for p in sorted(PACKAGE.rglob("*.py"))
+             if literal in p.read_text(encoding="utf-8")]
+    assert where == [home], f"{literal} is written in {where}; import its constant from {home}"
+
+
+def test_the_plans_name_plan_from_checkpoint_writes_is_one_constant():
+    from nnunet_peft.demo import pipeline
+    from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
+    from nnunet_peft.views import plan_views
+
+    assert pipeline.TARGET_PLANS is plan_views.PRETRAINED_PREFIX is DEFAULT_PLANS_NAME == "nnUNetPlans_pretrained"
+
+
 def test_the_moved_names_still_import_from_where_callers_find_them():
     from nnunet_peft.layers.kinds import CONVOLUTION_TYPES, TRANSPOSED_TYPES
     from nnunet_peft.placement import HEAD_KEY, TARGET_TYPES, head_modules

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from nnunet_peft.evaluation.benchmark import run_benchmark
+from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
 
 DESCRIPTION = """\
 Compare fine-tuning methods on one target dataset. Every trainer is trained on every fold with
@@ -42,8 +43,8 @@ def add_parser(subparsers) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", required=True, help="target dataset name or id, as for nnUNetv2_train")
     p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
-    p.add_argument("-p", "--plans", default="nnUNetPlans_pretrained",
-                   help="plans identifier (default: nnUNetPlans_pretrained, what plan-from-checkpoint writes)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS_NAME,
+                   help=f"plans identifier (default: {DEFAULT_PLANS_NAME}, what plan-from-checkpoint writes)")
     p.add_argument("--trainers", "-tr", nargs="+", required=True, metavar="NAME",
                    help="trainer names, e.g. nnUNetTrainerFinetune nnUNetTrainerCPLoRA_dec_r64_a64 nnUNetTrainer. "
                    "nnU-Net's own trainers (nnUNetTrainer, nnUNetTrainer_250epochs, ...) get no -pretrained_weights: "

@@ -32,6 +32,7 @@ from nnunet_peft.atomic import staged_folder
 from nnunet_peft.demo import synthetic
 from nnunet_peft.errors import StepFailed
 from nnunet_peft.model_folder import SUMMARY_NAME
+from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
 from nnunet_peft.planning.plans_variant import write_plans_variant
 
 SOURCE_ID, TARGET_ID = 901, 902
@@ -39,7 +40,7 @@ SOURCE_NAME = f"Dataset{SOURCE_ID}_SyntheticTBI"
 TARGET_NAME = f"Dataset{TARGET_ID}_SyntheticSAH"
 CONFIGURATION = "3d_fullres"
 FOLD = 0
-TARGET_PLANS = "nnUNetPlans_pretrained"  # plan-from-checkpoint's default name
+TARGET_PLANS = DEFAULT_PLANS_NAME  # the target is planned with plan-from-checkpoint's default name
 NUM_SOURCE_CASES = 30
 # source cases the pretraining never sees (imagesTs; nnU-Net trains on imagesTr only): the base's task
 NUM_SOURCE_TEST = 6

@@ -21,10 +21,10 @@ import numpy as np
 
 from nnunet_peft.evaluation.metrics import evaluate_folder, ignore_label_of
 from nnunet_peft.evaluation.runs import Experiment, Run, predict_command
+from nnunet_peft.model_folder import SUMMARY_NAME
 
 COST_FIELDS = ("trainable_parameters", "total_parameters", "adapter_bytes", "mean_epoch_time_s",
                "peak_gpu_memory_bytes")
-PEFT_SUMMARY = "peft_summary.json"
 # curve column -> the list in nnU-Net's logger (nnUNetLogger / LocalLogger) holding one value per epoch
 CURVE_FIELDS = {"pseudo_dice": "mean_fg_dice", "ema_pseudo_dice": "ema_fg_dice", "train_loss": "train_losses",
                 "val_loss": "val_losses", "lr": "lrs"}
@@ -76,11 +76,11 @@ def run_costs(fold_folder: Path, checkpoint: dict | None = None) -> dict:
     is loaded here, and only when peft_summary.json leaves a figure open.
     """
     costs: dict = {field: math.nan for field in COST_FIELDS}
-    summary_file = fold_folder / PEFT_SUMMARY
+    summary_file = fold_folder / SUMMARY_NAME
     sources = []
     if summary_file.is_file():
         costs.update(_read_peft_summary(summary_file))
-        sources.append(PEFT_SUMMARY)
+        sources.append(SUMMARY_NAME)
     missing = [f for f in ("trainable_parameters", "total_parameters", "mean_epoch_time_s")
                if _is_missing(costs[f])]
     checkpoint_file = fold_folder / "checkpoint_final.pth"

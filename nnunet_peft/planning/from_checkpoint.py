@@ -347,7 +347,7 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_peft.architectures import build_network, family_for_token
-    from nnunet_peft.placement import head_modules, input_convolution
+    from nnunet_peft.placement import HEAD_KEY, head_modules, input_convolution
 
     plans_manager = PlansManager(plans)
     config = plans_manager.get_configuration(configuration)
@@ -363,7 +363,7 @@ def check_weights_fit(plans: dict[str, Any], configuration: str, target_dataset_
     first = {k for k, v in network.state_dict(keep_vars=True).items() if v is input_convolution(network).weight}
     problems = []
     for key, tensor in network.state_dict().items():
-        if ".seg_layers." in key or key.startswith(heads):
+        if HEAD_KEY in key or key.startswith(heads):
             continue
         if key in first and key in network_weights and network_weights[key].shape[0] == tensor.shape[0] \
                 and network_weights[key].shape[2:] == tensor.shape[2:]:

@@ -18,10 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
 from nnunet_peft.planning.view_planner import (CONFIGURATION, VIEWS, check_architecture, check_view, default_plans_name,
                                                view_of_transpose)
 
-PRETRAINED_PREFIX = "nnUNetPlans_pretrained"
+PRETRAINED_PREFIX = DEFAULT_PLANS_NAME  # a view's plans from a checkpoint: plan-from-checkpoint's name + _<view>
 
 
 def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architecture: str = "unet",
