@@ -46,13 +46,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Literal
+from typing import Any, Callable, Literal
 
 from nnunet_peft.errors import StepFailed
+from nnunet_peft.planning.staging import move_into_place, nnunet_folder, staged_preprocessing
 
 DEFAULT_PLANS_NAME = "nnUNetPlans_pretrained"
 DEFAULT_TRAINER = "nnUNetTrainerCPLoRA"
@@ -385,14 +385,6 @@ def train_command(dataset_id: int, configuration: str, plans_name: str, checkpoi
             f"-p {shlex.quote(plans_name)} -tr {trainer} -pretrained_weights {shlex.quote(str(checkpoint))}")
 
 
-def _env_folder(value: str | os.PathLike | None, variable: str) -> Path:
-    if value is None:
-        value = os.environ.get(variable)
-        if not value:
-            raise ValueError(f"{variable} is not set; export it as for nnU-Net (or pass the folder explicitly)")
-    return Path(value).expanduser().resolve()
-
-
 def _run_nnunet(entry_point: str, command_name: str, args: list[str], env: dict[str, str],
                 log: Callable[[str], None]) -> None:
     """Run one of nnU-Net's console entry points with this interpreter (so the same nnU-Net), in its own process.
@@ -406,23 +398,6 @@ def _run_nnunet(entry_point: str, command_name: str, args: list[str], env: dict[
     if result.returncode != 0:
         raise NnUNetStepFailed(f"{command_name} {' '.join(args)} failed with exit code {result.returncode} "
                                f"(its output above says why); nothing was written")
-
-
-def _move_into_place(staged: Path, destination: Path, plans_file_name: str | Collection[str]) -> None:
-    """Move staged outputs into ``destination``; the plans files go last, so they only exist with their data."""
-    plans_files = {plans_file_name} if isinstance(plans_file_name, str) else set(plans_file_name)
-    destination.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staged.iterdir(), key=lambda p: p.name in plans_files):
-        target = destination / item.name
-        if item.is_dir():
-            if item.name == "gt_segmentations" and target.is_dir():
-                # shared with other plans of this dataset: copies of the raw labels, so merge
-                for f in item.iterdir():
-                    os.replace(f, target / f.name)
-                continue
-            if target.exists():
-                shutil.rmtree(target)
-        os.replace(item, target)
 
 
 def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, configuration: str | None = None,
@@ -448,8 +423,8 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
     num_processes = num_processes if num_processes is not None else min(4, os.cpu_count() or 1)
     if num_processes < 1:
         raise ValueError(f"num_processes must be at least 1, got {num_processes}")
-    raw = _env_folder(raw_folder, "nnUNet_raw")
-    preprocessed = _env_folder(preprocessed_folder, "nnUNet_preprocessed")
+    raw = nnunet_folder(raw_folder, "nnUNet_raw")
+    preprocessed = nnunet_folder(preprocessed_folder, "nnUNet_preprocessed")
 
     dataset_id, dataset_name = resolve_dataset(raw, target)
     target_json_path = raw / dataset_name / "dataset.json"
@@ -475,13 +450,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
             raise FileExistsError(f"{plans_path} exists and was not made from this checkpoint with these settings "
                                   f"(it records {existing}); pass --overwrite to replace it or choose another "
                                   f"--plans-name")
-    preprocessed.mkdir(parents=True, exist_ok=True)
-    # staging inside nnUNet_preprocessed: same file system, so the final moves are renames
-    staging_root = Path(tempfile.mkdtemp(prefix=".plan-from-checkpoint-", dir=preprocessed))
-    try:
-        staged = staging_root / dataset_name
-        staged.mkdir()
-        env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(staging_root)}
+    with staged_preprocessing(raw, preprocessed, dataset_name, "plan-from-checkpoint") as (staged, env):
         fp_args = ["-d", str(dataset_id), "-np", str(num_processes), "--clean"]
         _run_nnunet("extract_fingerprint_entry", "nnUNetv2_extract_fingerprint",
                     fp_args + (["--verify_dataset_integrity"] if verify_dataset_integrity else []), env, log)
@@ -507,9 +476,7 @@ def plan_from_checkpoint(target: str | int, checkpoint: str | os.PathLike, confi
         _run_nnunet("preprocess_entry", "nnUNetv2_preprocess",
                     ["-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration,
                      "-np", str(num_processes)], env, log)
-        _move_into_place(staged, destination, plans_path.name)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        move_into_place(staged, destination, plans_path.name)
 
     config = plans["configurations"][configuration]
     log(f"checkpoint: {ckpt.path} (trainer {ckpt.trainer_name}, dataset {ckpt.plans.get('dataset_name')}, "

@@ -11,14 +11,13 @@ every view succeeded, the plans files last.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
+from nnunet_peft.planning.staging import move_into_place, nnunet_folder, staged_preprocessing
 from nnunet_peft.planning.view_planner import (CONFIGURATION, VIEWS, check_architecture, check_view, default_plans_name,
                                                view_of_transpose)
 
@@ -30,8 +29,7 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
                raw_folder: str | os.PathLike | None = None, preprocessed_folder: str | os.PathLike | None = None,
                log: Callable[[str], None] = print) -> dict[str, Path]:
     """Plan and preprocess ``dataset`` once per view with nnU-Net's planner; ``{view: plans file}``."""
-    from nnunet_peft.planning.from_checkpoint import (NnUNetStepFailed, _env_folder, _move_into_place, _run_nnunet,
-                                                   resolve_dataset)
+    from nnunet_peft.planning.from_checkpoint import NnUNetStepFailed, _run_nnunet, resolve_dataset
 
     views = _unique_views(views)
     check_architecture(architecture)
@@ -40,17 +38,12 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
     if target_spacing is not None and (len(target_spacing) != 3 or min(target_spacing) <= 0):
         raise ValueError(f"target spacing must be three positive mm values in the image's array order "
                          f"(z, y, x), got {list(target_spacing)}")
-    raw = _env_folder(raw_folder, "nnUNet_raw")
-    preprocessed = _env_folder(preprocessed_folder, "nnUNet_preprocessed")
+    raw = nnunet_folder(raw_folder, "nnUNet_raw")
+    preprocessed = nnunet_folder(preprocessed_folder, "nnUNet_preprocessed")
     dataset_id, dataset_name = resolve_dataset(raw, dataset)
     names = {view: default_plans_name(view, architecture) for view in views}
 
-    preprocessed.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=".plan-views-", dir=preprocessed))
-    try:
-        staged = staging_root / dataset_name
-        staged.mkdir()
-        env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(staging_root)}
+    with staged_preprocessing(raw, preprocessed, dataset_name, "plan-views") as (staged, env):
         _run_nnunet("extract_fingerprint_entry", "nnUNetv2_extract_fingerprint",
                     ["-d", str(dataset_id), "-np", str(num_processes)], env, log)
         log(f"planning the {', '.join(views)} view(s) ({architecture}) and preprocessing their "
@@ -63,9 +56,7 @@ def plan_views(dataset: str | int, views: Sequence[str] = tuple(VIEWS), architec
         if subprocess.run([sys.executable, "-c", call], env=env).returncode != 0:
             raise NnUNetStepFailed("planning or preprocessing a view failed (the output above says why); "
                                    "nothing was written")
-        _move_into_place(staged, preprocessed / dataset_name, {f"{n}.json" for n in names.values()})
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        move_into_place(staged, preprocessed / dataset_name, {f"{n}.json" for n in names.values()})
     paths = {view: preprocessed / dataset_name / f"{names[view]}.json" for view in views}
     _log_summary(paths, log)
     _warn_if_not_axial(preprocessed / dataset_name / "dataset_fingerprint.json", log)
