@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from nnunet_peft.config import AUTO_MODE
+from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
+
 PARTS = ("data", "forward", "loss", "backward", "optimizer", "validation", "other")
 PART_TEXT = {
     "data": "waiting for the next training batch (loader and augmentation)",
@@ -43,7 +46,7 @@ PART_TEXT = {
     "validation": "validation iterations",
     "other": "epoch start/end: logging, the EMA Dice, checkpoint_best.pth when it improves",
 }
-FIXED_MODE_NONE = "auto"
+FIXED_MODE_NONE = AUTO_MODE  # the trainer's own choice: no mode forced
 
 
 # --------------------------------------------------------------------------------------------- one run
@@ -384,7 +387,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True, help="preprocessed dataset name or id (nnUNet_preprocessed)")
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("-f", "--fold", type=int, default=0)
-    p.add_argument("-p", "--plans", default="nnUNetPlans_pretrained", help="plans identifier")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS_NAME, help="plans identifier")
     p.add_argument("--pretrained", type=Path, help="checkpoint the methods start from (-pretrained_weights)")
     p.add_argument("--methods", nargs="+", default=["Finetune", "LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA",
                                                       "CPDoRA", "LoRAPT", "tCURLoRA", "HyPS"],
