@@ -5,7 +5,7 @@ module         family
 =============  ====================================================================================
 unet           nnU-Net's U-Nets (PlainConvUNet, ResidualEncoderUNet); what a trainer name without a
                backbone token builds, through nnU-Net's own builder and whatever class the plans name
-multiview      the SAH laboratory's 2-D Multiview network, named in plans (views/planner.py)
+multiview      the SAH laboratory's 2-D Multiview network, named in plans (planning/view_planner.py)
 unetr          UNETR (MONAI), trainer-name token ``unetr``
 swinunetr      SwinUNETR (MONAI), token ``swinunetr``
 primus         Primus-S/B/M/L (dynamic_network_architectures), tokens ``primus``, ``primusB/M/L``
