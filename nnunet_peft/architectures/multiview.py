@@ -215,7 +215,7 @@ def multiview_stages(network: MultiviewUNet) -> list[Stage]:
     return stages
 
 
-# nnU-Net builds it from the plans that name it (views/planner.py writes them); no trainer-name token
+# nnU-Net builds it from the plans that name it (planning/view_planner.py writes them); no trainer-name token
 FAMILY = Family(
     name="multiview",
     description="Multiview (the SAH laboratory's 2-D network)",
