@@ -3,6 +3,7 @@ resume, its ratios are taken within a round (no timing is asserted: the parts ar
 whose steps take known shares of a fake clock)."""
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -184,15 +185,15 @@ def test_each_ratio_is_to_the_reference_runs_on_either_side_after_the_skipped_ep
 def test_rounds_bracket_every_setting_rotate_the_order_and_resume_from_the_raw_file(tmp_path, monkeypatch):
     order = []
 
-    def fake_run(command, env, stdout, check):
+    def fake_run(command, env, quiet):
         out = Path(command[command.index("--worker") + 1])
         name, mode = command[command.index("--methods") + 1], command[command.index("--forward-mode") + 1]
         order.append((name.split("_")[0][13:], mode))
         assert env["nnUNet_results"] != "untouched" and "nnUNet_extTrainer" in env
         out.write_text(json.dumps(_run("x", 0, 0, [1, 1]) | {"trainer": name}), encoding="utf-8")
-        return argparse.Namespace(returncode=0)
+        return 0
 
-    monkeypatch.setattr(te.subprocess, "run", fake_run)
+    monkeypatch.setattr(te, "run_worker", fake_run)
     monkeypatch.setenv("nnUNet_results", "untouched")
     args = te.parser().parse_args(["-d", "7", "--methods", "Finetune", "CPLoRA", "--fixed-methods", "CPLoRA",
                                    "--fixed-modes", "chain", "--rounds", "2", "--epochs", "3", "--iterations", "5",
@@ -210,7 +211,7 @@ def test_rounds_bracket_every_setting_rotate_the_order_and_resume_from_the_raw_f
 
 
 def test_a_failed_run_stops_with_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(te.subprocess, "run", lambda *a, **k: argparse.Namespace(returncode=3))
+    monkeypatch.setattr(te, "run_worker", lambda *a, **k: 3)
     args = te.parser().parse_args(["-d", "7", "--methods", "Finetune", "--rounds", "1", "--quiet"])
     args.raw = tmp_path / "r.jsonl"
     with pytest.raises(SystemExit, match="Finetune .auto. failed with exit code 3; rerun without --quiet"):
@@ -241,3 +242,29 @@ def test_timed_loader_passes_everything_else_through():
     assert next(loader) == 5 and "data" in timers.parts
     loader._finish()
     assert inner.finished
+
+
+def test_a_workers_leftover_processes_are_ended_with_its_session(tmp_path):
+    import sys
+    import time as clock
+
+    # a worker that leaves a child behind, as nnU-Net's augmenter processes were left by os._exit
+    script = ("import subprocess, sys, os; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(tmp_path / 'child')!r}, 'w').write(str(p.pid)); os._exit(0)")
+    assert te.run_worker([sys.executable, "-c", script], dict(os.environ), quiet=True) == 0
+    child = int((tmp_path / "child").read_text())
+    def alive(pid):  # a killed orphan may stay a zombie until init reaps it: that is not running
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        return "\tZ" not in next(line for line in status.splitlines() if line.startswith("State:"))
+
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc to see whether a process runs")
+    for _ in range(50):
+        if not alive(child):
+            break
+        clock.sleep(0.1)
+    else:
+        pytest.fail("the worker's child outlived kill_group")

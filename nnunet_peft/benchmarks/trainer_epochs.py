@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -294,10 +295,9 @@ def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 env = trainer_environment({**os.environ, "nnUNet_results": tmp})
                 out = Path(tmp) / "run.json"
-                proc = subprocess.run(worker_command(args, trainer_name(method, args), mode, out), env=env,
-                                      stdout=subprocess.DEVNULL if args.quiet else None, check=False)
-                if proc.returncode != 0 or not out.is_file():
-                    raise SystemExit(f"the run of {method} ({mode}) failed with exit code {proc.returncode}; "
+                returncode = run_worker(worker_command(args, trainer_name(method, args), mode, out), env, args.quiet)
+                if returncode != 0 or not out.is_file():
+                    raise SystemExit(f"the run of {method} ({mode}) failed with exit code {returncode}; "
                                      f"rerun without --quiet to see nnU-Net's output")
                 result = {**json.loads(out.read_text(encoding="utf-8")), "round": r, "seq": seq, "method": method,
                           "forward_mode": mode}
@@ -305,6 +305,26 @@ def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
             with open(args.raw, "a", encoding="utf-8") as f:
                 f.write(json.dumps(result) + "\n")
     return done
+
+
+def run_worker(command: list[str], env: dict[str, str], quiet: bool) -> int:
+    """Run one worker in a session of its own and end whatever is left in that session when it returns:
+    nnU-Net's augmentation processes, which a worker leaving by ``os._exit`` does not stop. Left running,
+    they load the machine for every later run (measured: the same Finetune epoch 6.6 s -> 9.5 s over 30
+    runs)."""
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL if quiet else None,
+                          start_new_session=True) as worker:
+        returncode = worker.wait()
+    kill_group(worker.pid)
+    return returncode
+
+
+def kill_group(pid: int) -> None:
+    """End every process left in the session (process group) that ``pid`` led."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # none left
 
 
 def read_raw(path: Path) -> list[dict]:
@@ -415,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.device, args.forward_mode)
         args.worker.write_text(json.dumps(result), encoding="utf-8")
         # nnU-Net's augmenter threads can outlive their worker processes and block the interpreter's exit
-        # for good (seen once in 26 runs); the result is written, so leave without waiting for them
+        # for good (seen once in 26 runs); the result is written, so leave without waiting for them (the
+        # parent ends the augmentation processes with this process's session)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
