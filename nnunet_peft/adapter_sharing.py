@@ -16,9 +16,10 @@ from nnunet_peft.checkpoint_file import check_pretrained_compatible, load_weight
 from nnunet_peft.injection import get_config, merge_adapters
 from nnunet_peft.model_folder import (CHECKPOINT, build_network, checkpoint_dict, copy_folder_files, fold_dirs,
                                       load_fold, read_json, validation_dice)
+from nnunet_peft.name_grammar import PREFIX
 from nnunet_peft.placement import HEAD_KEY
 
-STOCK_TRAINER = "nnUNetTrainer"
+STOCK_TRAINER = PREFIX  # nnU-Net's own trainer, which a merged model folder names
 
 
 def export_adapter(model_folder: Path, out: Path, overwrite: bool = False) -> list[Path]:
@@ -123,7 +124,7 @@ def stock_trainer(trainer_name: str) -> str:
     from nnunet_peft.name_grammar import is_plugin_name, parse_trainer_name
 
     backbone = parse_trainer_name(trainer_name).backbone if is_plugin_name(trainer_name) else None
-    return STOCK_TRAINER if family_for_token(backbone).nnunet_builds else f"nnUNetTrainerNoFinetune_{backbone}"
+    return STOCK_TRAINER if family_for_token(backbone).nnunet_builds else f"{PREFIX}NoFinetune_{backbone}"
 
 
 def merge_model_folder(model_folder: Path, out: Path, overwrite: bool = False) -> Path:
