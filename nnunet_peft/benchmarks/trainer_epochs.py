@@ -185,13 +185,12 @@ def _fix_forward_modes(trainer, mode: str) -> None:
 
 def peak_rss_mib() -> float:
     """The peak resident set of this process (VmHWM), MiB; NaN where /proc is absent."""
+    from nnunet_peft.benchmarks.step_memory import proc_status_kib
+
     try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+        return proc_status_kib("VmHWM") / 1024
+    except (OSError, RuntimeError):
+        return float("nan")
 
 
 def run_one(dataset: str, configuration: str, fold: int, trainer_name: str, plans: str, pretrained: Path | None,
@@ -245,10 +244,7 @@ def forward_modes_used(trainer) -> dict[str, int]:
     from nnunet_peft.injection import adapter_layers
     from nnunet_peft.training.trainer import unwrap
 
-    try:
-        return dict(Counter(layer.forward_mode for layer in adapter_layers(unwrap(trainer.network))))
-    except Exception:  # nnU-Net's own trainers: no adapters
-        return {}
+    return dict(Counter(layer.forward_mode for layer in adapter_layers(unwrap(trainer.network))))
 
 
 # --------------------------------------------------------------------------------------------- the rounds
@@ -367,7 +363,6 @@ def summarise(results: list[dict], skip: int, reference: str = "Finetune") -> li
                "ratio": statistics.median(ratios) if ratios else float("nan"),
                "ratio_min": min(ratios, default=float("nan")), "ratio_max": max(ratios, default=float("nan")),
                "auto_s": statistics.median(r.get("auto", 0.0) for r in runs),
-               "train_start_s": statistics.median(r.get("train_start", 0.0) for r in runs),
                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
                "rss_ratio": max(r["peak_rss_mib"] for r in runs) / max(rss_ref) if rss_ref else float("nan"),
                "modes": runs[-1]["modes"], "trainable": runs[-1]["trainable"]}
