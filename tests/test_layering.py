@@ -26,9 +26,10 @@ def imported_modules(path: Path) -> set[str]:
 
 
 LAYERS = [f"layers/{p.name}" for p in sorted((PACKAGE / "layers").glob("*.py"))]
-# Above the library: the trainer layer, the command line, and the two programs that run nnU-Net's
-# training in their own process and patch the trainer class (the demo's training, the epoch harness).
-ABOVE_THE_LIBRARY = ("training/", "commands/", "cli.py", "demo/train.py", "benchmarks/trainer_epochs.py")
+# Above the library: the trainer layer, the command line, and the programs that run nnU-Net's trainers in
+# their own process and patch the trainer class (the demo's training, the epoch and network-step harnesses).
+ABOVE_THE_LIBRARY = ("training/", "commands/", "cli.py", "demo/train.py", "benchmarks/trainer_epochs.py",
+                     "benchmarks/network_steps.py")
 # every other module of the package, so that a new one is checked without being listed
 LIBRARY = sorted(name for name in (p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
                  if not name.startswith(ABOVE_THE_LIBRARY))

@@ -219,6 +219,13 @@ def test_a_failed_run_stops_with_what_to_do(tmp_path, monkeypatch):
     assert not args.raw.exists()
 
 
+def test_a_missing_plans_file_is_named_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    (tmp_path / "Dataset023_Steps").mkdir()
+    with pytest.raises(SystemExit, match=r"Dataset023_Steps.nnUNetPlans_pretrained\.json.*-p"):
+        te.main(["-d", "Dataset023_Steps", "--out", str(tmp_path / "x.md")])
+
+
 def test_arguments_are_checked_before_any_run(tmp_path):
     with pytest.raises(SystemExit, match="must exceed --skip-epochs"):
         te.main(["-d", "7", "--epochs", "1", "--out", str(tmp_path / "a.md")])
@@ -268,3 +275,62 @@ def test_a_workers_leftover_processes_are_ended_with_its_session(tmp_path):
         clock.sleep(0.1)
     else:
         pytest.fail("the worker's child outlived kill_group")
+
+
+# --------------------------------------------------------------------------------------------- network steps
+class FakeStepped:
+    def __init__(self, name, calls):
+        self.name, self.mode, self.modes, self.trainable, self.calls = name, "auto", {}, 1, calls
+        self.batch = torch.zeros(1)
+
+    def step(self):
+        self.calls.append(self.name)
+
+
+def test_network_steps_interleave_rotated_and_take_each_ratio_within_its_repeat(monkeypatch):
+    from nnunet_peft.benchmarks import network_steps
+
+    calls = []
+    # the reference slows down 1 -> 2 -> 4 s over the repeats; "half" takes half of it in every repeat,
+    # "same" its time: per-repeat ratios cancel the drift, a ratio of medians would too only by luck
+    cost = {"ref": iter([1.0, 2.0, 4.0]), "half": iter([0.5, 1.0, 2.0]), "same": iter([1.0, 2.0, 4.0])}
+
+    def fake_seconds(fn, device):
+        fn()
+        return next(cost[calls[-1]])
+
+    monkeypatch.setattr(network_steps, "seconds", fake_seconds)
+    rows = network_steps.step_rounds([FakeStepped(n, calls) for n in ("ref", "half", "same")], repeats=3, warmup=0)
+    assert calls == ["ref", "half", "same", "half", "same", "ref", "same", "ref", "half"]
+    assert [(r["method"], r["ratio"], r["step_s"]) for r in rows] == [("ref", 1.0, 2.0), ("half", 0.5, 1.0),
+                                                                       ("same", 1.0, 2.0)]
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        network_steps.step_rounds([FakeStepped("ref", calls)], repeats=0)
+
+
+@pytest.mark.slow
+def test_network_steps_build_each_trainers_network_as_training_does(tmp_path):
+    """On a tiny planned dataset: the networks are the trainers' (adapters where the name puts them, a forced
+    mode on every layer), and the trainers' logs go to a temporary folder, not the user's results."""
+    from nnunet_tiny import make_dataset, nnunet_env, run
+
+    env = nnunet_env(tmp_path)
+    make_dataset(Path(env["nnUNet_raw"]), 23, "Steps", 4, shape=(16, 20, 20))
+    run(["nnUNetv2_plan_and_preprocess", "-d", "23", "-c", "3d_fullres", "-np", "1"], env)
+    out = tmp_path / "steps.md"
+    run([os.sys.executable, "-m", "nnunet_peft.benchmarks.trainer_epochs", "-d", "23", "-f", "0", "-p", "nnUNetPlans",
+         "--methods",
+         "Finetune", "CPLoRA", "CPLoRA_dec", "--fixed-methods", "CPLoRA", "--fixed-modes", "chain",
+         "--network-steps", "2", "--out", str(out)], env)
+    rows = {tuple(cells[:2]): cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+             if line.startswith("| nnUNetTrainer"))}
+    trainable = {key: int(cells[-1].replace(",", "")) for key, cells in rows.items()}
+    assert set(rows) == {("nnUNetTrainerFinetune", "auto"), ("nnUNetTrainerCPLoRA", "auto"),
+                         ("nnUNetTrainerCPLoRA_dec", "auto"), ("nnUNetTrainerCPLoRA", "chain")}
+    assert rows[("nnUNetTrainerFinetune", "auto")][3].startswith("1.00")
+    assert rows[("nnUNetTrainerFinetune", "auto")][4] == "-"  # no adapter layers
+    assert rows[("nnUNetTrainerCPLoRA", "chain")][4].startswith("chain ") and "," not in rows[("nnUNetTrainerCPLoRA", "chain")][4]
+    assert (trainable[("nnUNetTrainerCPLoRA_dec", "auto")] < trainable[("nnUNetTrainerCPLoRA", "auto")]
+            < trainable[("nnUNetTrainerFinetune", "auto")])
+    assert not any(Path(env["nnUNet_results"]).iterdir())

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from nnunet_peft.config import AUTO_MODE
+from nnunet_peft.benchmarks.network_steps import FIXED_MODE_NONE, fix_forward_modes, forward_modes_used, rotated
+from nnunet_peft.config import METHODS
 from nnunet_peft.planning.from_checkpoint import DEFAULT_PLANS_NAME
 
 PARTS = ("data", "forward", "loss", "backward", "optimizer", "validation", "other")
@@ -47,7 +48,6 @@ PART_TEXT = {
     "validation": "validation iterations",
     "other": "epoch start/end: logging, the EMA Dice, checkpoint_best.pth when it improves",
 }
-FIXED_MODE_NONE = AUTO_MODE  # the trainer's own choice: no mode forced
 
 
 # --------------------------------------------------------------------------------------------- one run
@@ -169,20 +169,6 @@ def _hook_optimizer(trainer, timers: StepTimers) -> None:
     trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: timers.stop("optimizer"))
 
 
-def _fix_forward_modes(trainer, mode: str) -> None:
-    """Replace the trainer's ``auto`` timing by one mode for every adapter layer that has it (a harness
-    option: it shows what each mode costs inside the full step, against what ``auto`` chose)."""
-    from nnunet_peft.injection import adapter_layers
-    from nnunet_peft.training.trainer import unwrap
-
-    def fixed():
-        for layer in adapter_layers(unwrap(trainer.network)):
-            if mode in layer.tunable_modes:
-                layer.forward_mode = mode
-
-    trainer._choose_forward_modes = fixed
-
-
 def peak_rss_mib() -> float:
     """The peak resident set of this process (VmHWM), MiB; NaN where /proc is absent."""
     from nnunet_peft.benchmarks.step_memory import proc_status_kib
@@ -204,7 +190,7 @@ def run_one(dataset: str, configuration: str, fold: int, trainer_name: str, plan
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, device=torch.device(device))
     once = instrument(trainer, timers)
     if forward_mode != FIXED_MODE_NONE:
-        _fix_forward_modes(trainer, forward_mode)
+        fix_forward_modes(trainer, forward_mode)
     if pretrained is not None:
         maybe_load_checkpoint(trainer, False, False, str(pretrained))
     epochs: list[dict[str, float]] = []
@@ -240,19 +226,7 @@ def split_epoch(parts: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def forward_modes_used(trainer) -> dict[str, int]:
-    from nnunet_peft.injection import adapter_layers
-    from nnunet_peft.training.trainer import unwrap
-
-    return dict(Counter(layer.forward_mode for layer in adapter_layers(unwrap(trainer.network))))
-
-
 # --------------------------------------------------------------------------------------------- the rounds
-def rotated(items: Sequence[str], k: int) -> list[str]:
-    k %= len(items)
-    return list(items[k:]) + list(items[:k])
-
-
 def worker_command(args: argparse.Namespace, name: str, mode: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "nnunet_peft.benchmarks.trainer_epochs", "--worker", str(out),
             "-d", args.dataset, "-c", args.configuration, "-f", str(args.fold), "-p", args.plans,
@@ -396,6 +370,55 @@ def format_report(rows: list[dict], results: list[dict], args: argparse.Namespac
     return "\n".join(lines) + "\n"
 
 
+def check_plans(dataset: str, plans: str) -> None:
+    """Name the plans file every run needs before the first run starts (else each worker fails alike)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    root = os.environ.get("nnUNet_preprocessed")
+    if not root:
+        raise SystemExit("nnUNet_preprocessed is not set: point it at the preprocessed data the runs train on")
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"dataset {dataset}: {e}") from e
+    path = Path(root) / name / f"{plans}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: preprocess the dataset with these plans, or name others with -p "
+                         f"(nnUNetPlans for nnU-Net's own)")
+
+
+def network_step_report(args: argparse.Namespace, argv: list[str]) -> str:
+    """``--network-steps``: the settings' networks stepped alone, side by side in one worker process (its
+    nnUNet_results a temporary folder, which nnU-Net reads when it is imported, so that the trainers' logs
+    stay out of the user's results)."""
+    from nnunet_peft.trainer_folder import trainer_environment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "network_steps.md"
+        command = [sys.executable, "-m", "nnunet_peft.benchmarks.trainer_epochs", *argv, "--worker", str(out)]
+        returncode = run_worker(command, trainer_environment({**os.environ, "nnUNet_results": tmp}), args.quiet)
+        if returncode != 0 or not out.is_file():
+            raise SystemExit(f"the network steps failed with exit code {returncode}; rerun without --quiet to see why")
+        return out.read_text(encoding="utf-8")
+
+
+def network_steps_in_process(args: argparse.Namespace) -> str:
+    from nnunet_peft.benchmarks import network_steps
+
+    settings = [(args.reference, FIXED_MODE_NONE)] + [(m, FIXED_MODE_NONE) for m in args.methods if m != args.reference]
+    settings += [(m, mode) for m in args.fixed_methods for mode in args.fixed_modes]
+    networks = [network_steps.build(args.dataset, args.configuration, args.fold, f"nnUNetTrainer{method}", args.plans,
+                                    args.device, mode) for method, mode in settings]
+    rows = network_steps.step_rounds(networks, args.network_steps)
+    first = networks[0]
+    header = (f"# One training step of each trainer's network alone, against {args.reference}\n\n"
+              f"Dataset {args.dataset}, {args.configuration}, plans {args.plans}, fold {args.fold}; batch "
+              f"{first.batch.shape[0]}, patch {'x'.join(map(str, first.batch.shape[2:]))}; device {args.device}; "
+              f"forward, deep-supervision loss, backward; median of {args.network_steps} interleaved repeats "
+              f"after one warm-up; ratio: median over repeats of step / {args.reference}'s step in that repeat.")
+    return network_steps.format_report(rows, header)
+
+
 # --------------------------------------------------------------------------------------------- command
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -404,8 +427,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--fold", type=int, default=0)
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS_NAME, help="plans identifier")
     p.add_argument("--pretrained", type=Path, help="checkpoint the methods start from (-pretrained_weights)")
-    p.add_argument("--methods", nargs="+", default=["Finetune", "LoRAC", "ConvLoRA", "CPLoRA", "DoRAC", "ConvDoRA",
-                                                      "CPDoRA", "LoRAPT", "tCURLoRA", "HyPS"],
+    p.add_argument("--methods", nargs="+", default=["Finetune", *(spec.token for spec in METHODS.values())],
                    help="trainer-name methods with their tokens (e.g. CPLoRA_dec), timed with the default 'auto'")
     p.add_argument("--fixed-methods", nargs="*", default=[], help="methods also timed with every --fixed-modes")
     p.add_argument("--fixed-modes", nargs="*", default=["reconstruct", "projected", "chain"],
@@ -418,13 +440,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("trainer_epochs.md"))
     p.add_argument("--quiet", action="store_true", help="hide nnU-Net's output of the runs")
+    p.add_argument("--network-steps", type=int, metavar="REPEATS",
+                   help="instead of epochs: step every setting's network alone (no loader, no validation), "
+                        "REPEATS times interleaved in one process (nnunet_peft.benchmarks.network_steps)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--forward-mode", default=FIXED_MODE_NONE, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.worker is not None and args.network_steps is not None:
+        args.worker.write_text(network_steps_in_process(args), encoding="utf-8")
+        return 0
     if args.worker is not None:
         result = run_one(args.dataset, args.configuration, args.fold, args.methods[0], args.plans, args.pretrained,
                          args.device, args.forward_mode)
@@ -439,7 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--epochs ({args.epochs}) must exceed --skip-epochs ({args.skip_epochs})")
     if args.reference not in args.methods:
         raise SystemExit(f"--methods must include the reference {args.reference}")
+    check_plans(args.dataset, args.plans)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.network_steps is not None:
+        report = network_step_report(args, argv)
+        args.out.write_text(report, encoding="utf-8")
+        print(report)
+        return 0
     args.raw = args.out.with_suffix(".jsonl")
     results = run_rounds(args)
     report = format_report(summarise(results, args.skip_epochs, args.reference), results, args)
