@@ -13,7 +13,9 @@ the plugin's CLI, so the figures are what a user of those commands gets:
 Phases (each resumable; run them in order, each its own invocation):
 
     sweep   learning rate and rank on validation folds 0 and 1, no test set
-    final   every method with the defaults the sweep chose, validation + test set
+    final   every method with the defaults the sweep chose, validation + test set; the old task: every
+            test model and the base on the Decathlon cases the base never trained on (its fold-0
+            validation cases), on the class the tasks share (forgetting)
     curve   test Dice against the number of training subjects and the schedule length
 
     python scripts/lpba40_transfer.py --work /tmp/lpba --phase source
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -100,6 +103,32 @@ def source_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs
          ["nnUNetv2_train", str(SOURCE_ID), "3d_fullres", "0", "-tr", pretrain_trainer(args),
           "-p", source_plans_name(args), "-device", args.device], env, logs)
     return source_checkpoint(args, work)
+
+
+def source_holdout(work: Path) -> Path:
+    """The source's fold-0 validation cases, which the base never trained on, as ``images/`` and
+    ``labels/`` (links into the source's raw dataset): the old task's test set for the forgetting check."""
+    folder = work / "links" / "source_holdout"
+    if folder.is_dir():
+        return folder
+    name = f"Dataset{SOURCE_ID}_MSDHippocampus"
+    raw, splits = work / "raw" / name, work / "preprocessed" / name / "splits_final.json"
+    if not splits.is_file():
+        raise SystemExit(f"{splits} not found: the source's pretraining writes it (--phase source)")
+    ending = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))["file_ending"]
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "labels").mkdir()
+    for case in json.loads(splits.read_text(encoding="utf-8"))[0]["val"]:
+        image, label = raw / "imagesTr" / f"{case}_0000{ending}", raw / "labelsTr" / f"{case}{ending}"
+        if not (image.is_file() and label.is_file()):
+            raise SystemExit(f"source validation case {case}: {image} or {label} is missing; "
+                             f"convert the source again (delete {raw} and rerun --phase source)")
+        (tmp / "images" / image.name).symlink_to(image)
+        (tmp / "labels" / label.name).symlink_to(label)
+    tmp.rename(folder)
+    return folder
 
 
 def source_plans_name(args: argparse.Namespace) -> str:
@@ -193,7 +222,8 @@ def target_phase(args: argparse.Namespace, env: dict[str, str], work: Path, logs
 
 
 def benchmark(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path, trainers: list[str],
-              folds: list[int], out: str, test_folds: list[int] | None = None, reference: str | None = None) -> None:
+              folds: list[int], out: str, test_folds: list[int] | None = None, reference: str | None = None,
+              source_test: Path | None = None) -> None:
     """`nnunet-peft benchmark` over these runs; finished runs are skipped, so calling it again resumes."""
     test_set = work / "raw" / f"Dataset{TEST_ID}_LPBA40HippocampusTest"
     command = [sys.executable, "-m", "nnunet_peft.cli", "benchmark", "-d", str(TARGET_ID), "-c", "3d_fullres",
@@ -203,6 +233,8 @@ def benchmark(args: argparse.Namespace, env: dict[str, str], work: Path, checkpo
         # on a CPU, nnU-Net's 8-fold mirroring would make predicting the test set cost as much as training
         command += ["--test-images", str(test_set / "imagesTr"), "--test-labels", str(test_set / "labelsTr"),
                     "--test-folds", *map(str, test_folds), *(["--disable-tta"] if args.device == "cpu" else [])]
+    if source_test is not None:
+        command += ["--source-test-images", str(source_test / "images"), "--source-test-labels", str(source_test / "labels")]
     if reference:
         command += ["--reference", reference]
     print(f"[{time.strftime('%H:%M:%S')}] benchmark {out}: {len(trainers)} trainers x folds {folds}", flush=True)
@@ -298,11 +330,12 @@ def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
     trainers = ([f"nnUNetTrainer{m}_{s}" for m in ADAPTERS + ["Finetune", "SegHead"]]
                 + ["nnUNetTrainerNoFinetune", f"nnUNetTrainerFinetune_scratch_{s}"])
     reuse_sweep_runs(work, trainers, [0, 1])
-    benchmark(args, env, work, checkpoint, trainers, [0], "final", test_folds=[0])
+    holdout = source_holdout(work)
+    benchmark(args, env, work, checkpoint, trainers, [0], "final", test_folds=[0], source_test=holdout)
     args.best = best_adapters(work, args.best)
     if args.best:
         trainers = [f"nnUNetTrainer{m}_{s}" for m in ["Finetune", *args.best]] + [f"nnUNetTrainerFinetune_scratch_{s}"]
-        benchmark(args, env, work, checkpoint, trainers, [0, 1, 2], "final_3folds", test_folds=[0])
+        benchmark(args, env, work, checkpoint, trainers, [0, 1, 2], "final_3folds", test_folds=[0], source_test=holdout)
 
 
 def curve_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:

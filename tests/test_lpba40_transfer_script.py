@@ -125,3 +125,47 @@ def test_msd_is_an_option_used_for_the_source(script, tmp_path):
     with pytest.raises(SystemExit, match="--msd .*missing is not a folder"):
         script.main(["--work", str(tmp_path / "w"), "--phase", "source", "--msd", str(tmp_path / "missing")])
     assert not (tmp_path / "w").exists()
+
+
+def _source_dataset(script, work, val):
+    name = f"Dataset{script.SOURCE_ID}_MSDHippocampus"
+    raw = work / "raw" / name
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    for case in ("hippocampus_001", "hippocampus_002", "hippocampus_003"):
+        (raw / "imagesTr" / f"{case}_0000.nii.gz").write_text(case)
+        (raw / "labelsTr" / f"{case}.nii.gz").write_text(case)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    (work / "preprocessed" / name).mkdir(parents=True)
+    (work / "preprocessed" / name / "splits_final.json").write_text(
+        json.dumps([{"train": ["hippocampus_001"], "val": val}, {"train": val, "val": ["hippocampus_001"]}]))
+
+
+def test_the_old_tasks_test_set_is_the_sources_fold_0_validation_and_reaches_the_benchmark(script, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    _source_dataset(script, work, ["hippocampus_002", "hippocampus_003"])
+    holdout = script.source_holdout(work)
+    assert sorted(p.name for p in (holdout / "images").iterdir()) == ["hippocampus_002_0000.nii.gz",
+                                                                      "hippocampus_003_0000.nii.gz"]
+    assert (holdout / "labels" / "hippocampus_003.nii.gz").read_text() == "hippocampus_003"
+    assert not (holdout.parent / "source_holdout.partial").exists()
+    calls = []
+    monkeypatch.setattr(script.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    args = argparse.Namespace(device="cpu")
+    script.benchmark(args, {}, work, tmp_path / "base.pth", ["nnUNetTrainerFinetune"], [0], "final", test_folds=[0],
+                     source_test=holdout)
+    command = calls[0]
+    assert command[command.index("--source-test-images") + 1] == str(holdout / "images")
+    assert command[command.index("--source-test-labels") + 1] == str(holdout / "labels")
+    script.benchmark(args, {}, work, tmp_path / "base.pth", ["nnUNetTrainerFinetune"], [0, 1], "sweep")
+    assert "--source-test-images" not in calls[1]
+
+
+def test_a_missing_source_case_is_named_and_nothing_half_written(script, tmp_path):
+    work = tmp_path / "work"
+    _source_dataset(script, work, ["hippocampus_002", "hippocampus_009"])
+    with pytest.raises(SystemExit, match="hippocampus_009"):
+        script.source_holdout(work)
+    assert not (work / "links" / "source_holdout").exists()
+    with pytest.raises(SystemExit, match="--phase source"):
+        script.source_holdout(tmp_path / "empty")
