@@ -13,10 +13,9 @@ trainer (docs/results/speed_and_memory.md).
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
 
@@ -24,9 +23,10 @@ from nnunet_peft.config import AUTO_MODE
 from nnunet_peft.mode_tuning import seconds
 
 FIXED_MODE_NONE = AUTO_MODE  # the trainer's own choice: no mode forced
+T = TypeVar("T")
 
 
-def rotated(items: Sequence[str], k: int) -> list[str]:
+def rotated(items: Sequence[T], k: int) -> list[T]:
     k %= len(items)
     return list(items[k:]) + list(items[:k])
 
@@ -66,7 +66,10 @@ class SteppedNetwork:
     trainable: int
 
     def step(self) -> None:
-        self.loss(self.network(self.batch), self.targets).backward()
+        # nnU-Net's train_step autocasts on CUDA (float16) and nowhere else
+        with torch.autocast(self.batch.device.type, enabled=self.batch.device.type == "cuda"):
+            loss = self.loss(self.network(self.batch), self.targets)
+        loss.backward()
         for p in self.network.parameters():
             p.grad = None
 
@@ -91,6 +94,7 @@ def build(dataset: str, configuration: str, fold: int, trainer_name: str, plans:
                         device=trainer.device)
     with torch.no_grad():
         output = network(batch)
+
     def labels(o: torch.Tensor) -> torch.Tensor:
         return torch.randint(0, o.shape[1], (o.shape[0], 1, *o.shape[2:]), device=o.device).float()
 
@@ -112,11 +116,13 @@ def step_rounds(networks: Sequence[SteppedNetwork], repeats: int, warmup: int = 
             t = seconds(networks[i].step, device)
             if repeat >= warmup:
                 times[i].append(t)
-    reference = times[0]
-    return [{"method": n.name, "forward_mode": n.mode, "step_s": statistics.median(t),
-             "ratio": statistics.median(a / b for a, b in zip(t, reference)),
-             "ratio_min": min(a / b for a, b in zip(t, reference)), "ratio_max": max(a / b for a, b in zip(t, reference)),
-             "modes": n.modes, "trainable": n.trainable} for n, t in zip(networks, times)]
+    rows = []
+    for n, t in zip(networks, times):
+        ratios = [a / b for a, b in zip(t, times[0])]
+        rows.append({"method": n.name, "forward_mode": n.mode, "step_s": statistics.median(t),
+                     "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "modes": n.modes, "trainable": n.trainable})
+    return rows
 
 
 def format_report(rows: list[dict], header: str) -> str:
