@@ -16,6 +16,10 @@ shared machine's speed drifts by tens of percent over minutes (measured: 6.0 s t
 
     python scripts/benchmark_trainer_epochs.py -d 612 -p nnUNetPlans_pretrained -f 2 \\
         --pretrained base.pth --methods Finetune CPLoRA ConvLoRA --rounds 2 --out epochs.md
+
+With ``--network-steps REPEATS`` it steps the same trainers' networks alone instead, side by side in one
+process (``nnunet_peft.benchmarks.network_steps``): what each network costs without the rest of an epoch,
+at a spread of a few percent.
 """
 from __future__ import annotations
 
