@@ -252,13 +252,18 @@ def schedule(settings: Sequence[tuple[str, str]], reference: tuple[str, str], ro
     return order
 
 
+def settings_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(method, forward mode) of every setting: each method with its own ``auto``, then the forced modes."""
+    return [(m, FIXED_MODE_NONE) for m in args.methods] + [(m, mode) for m in args.fixed_methods
+                                                           for mode in args.fixed_modes]
+
+
 def run_rounds(args: argparse.Namespace, log=print) -> list[dict]:
     """The rounds of ``schedule``, each run in its own process. Results are appended to ``args.raw`` as they
     come, keyed by round and position, and runs found there are not repeated (resumable)."""
     from nnunet_peft.trainer_folder import trainer_environment
 
-    settings = [(m, FIXED_MODE_NONE) for m in args.methods] + [(m, mode) for m in args.fixed_methods
-                                                                 for mode in args.fixed_modes]
+    settings = settings_of(args)
     done = read_raw(args.raw)
     finished = {(d["round"], d["seq"]) for d in done}
     for r in range(args.rounds):
@@ -409,8 +414,8 @@ def network_step_report(args: argparse.Namespace, argv: list[str]) -> str:
 def network_steps_in_process(args: argparse.Namespace) -> str:
     from nnunet_peft.benchmarks import network_steps
 
-    settings = [(args.reference, FIXED_MODE_NONE)] + [(m, FIXED_MODE_NONE) for m in args.methods if m != args.reference]
-    settings += [(m, mode) for m in args.fixed_methods for mode in args.fixed_modes]
+    reference = (args.reference, FIXED_MODE_NONE)
+    settings = [reference] + [setting for setting in settings_of(args) if setting != reference]
     networks = [network_steps.build(args.dataset, args.configuration, args.fold, f"nnUNetTrainer{method}", args.plans,
                                     args.device, mode) for method, mode in settings]
     rows = network_steps.step_rounds(networks, args.network_steps)
