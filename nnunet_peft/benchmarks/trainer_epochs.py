@@ -396,28 +396,21 @@ def check_plans(dataset: str, plans: str) -> None:
                          f"(nnUNetPlans for nnU-Net's own)")
 
 
-def network_step_report(args: argparse.Namespace, argv: list[str]) -> str:
-    """``--network-steps``: the settings' networks stepped alone, side by side in one worker process (its
-    nnUNet_results a temporary folder, which nnU-Net reads when it is imported, so that the trainers' logs
-    stay out of the user's results)."""
-    from nnunet_peft.trainer_folder import trainer_environment
+def network_step_report(args: argparse.Namespace) -> str:
+    """``--network-steps``: the settings' networks stepped alone, side by side in this process. The trainers
+    are built with nnUNet_results pointing at a temporary folder, so that their logs stay out of the user's
+    results (nnU-Net reads the variable when a trainer is made)."""
+    from unittest import mock
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "network_steps.md"
-        command = [sys.executable, "-m", "nnunet_peft.benchmarks.trainer_epochs", *argv, "--worker", str(out)]
-        returncode = run_worker(command, trainer_environment({**os.environ, "nnUNet_results": tmp}), args.quiet)
-        if returncode != 0 or not out.is_file():
-            raise SystemExit(f"the network steps failed with exit code {returncode}; rerun without --quiet to see why")
-        return out.read_text(encoding="utf-8")
-
-
-def network_steps_in_process(args: argparse.Namespace) -> str:
     from nnunet_peft.benchmarks import network_steps
+    from nnunet_peft.trainer_folder import trainer_environment
 
     reference = (args.reference, FIXED_MODE_NONE)
     settings = [reference] + [setting for setting in settings_of(args) if setting != reference]
-    networks = [network_steps.build(args.dataset, args.configuration, args.fold, f"nnUNetTrainer{method}", args.plans,
-                                    args.device, mode) for method, mode in settings]
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.dict(os.environ, trainer_environment({**os.environ, "nnUNet_results": tmp})):
+        networks = [network_steps.build(args.dataset, args.configuration, args.fold, f"nnUNetTrainer{method}",
+                                        args.plans, args.device, mode) for method, mode in settings]
     rows = network_steps.step_rounds(networks, args.network_steps)
     first = networks[0]
     header = (f"# One training step of each trainer's network alone, against {args.reference}\n\n"
@@ -451,18 +444,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="hide nnU-Net's output of the runs")
     p.add_argument("--network-steps", type=int, metavar="REPEATS",
                    help="instead of epochs: step every setting's network alone (no loader, no validation), "
-                        "REPEATS times interleaved in one process (nnunet_peft.benchmarks.network_steps)")
+                        "REPEATS times interleaved in this process (nnunet_peft.benchmarks.network_steps)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--forward-mode", default=FIXED_MODE_NONE, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    if args.worker is not None and args.network_steps is not None:
-        args.worker.write_text(network_steps_in_process(args), encoding="utf-8")
-        return 0
     if args.worker is not None:
         result = run_one(args.dataset, args.configuration, args.fold, args.methods[0], args.plans, args.pretrained,
                          args.device, args.forward_mode)
@@ -480,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     check_plans(args.dataset, args.plans)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.network_steps is not None:
-        report = network_step_report(args, argv)
+        report = network_step_report(args)
         args.out.write_text(report, encoding="utf-8")
         print(report)
         return 0
