@@ -13,9 +13,9 @@ the plugin's CLI, so the figures are what a user of those commands gets:
 Phases (each resumable; run them in order, each its own invocation):
 
     sweep   learning rate and rank on validation folds 0 and 1, no test set
-    final   every method with the defaults the sweep chose, validation + test set; the old task: every
-            test model and the base on the Decathlon cases the base never trained on (its fold-0
-            validation cases), on the class the tasks share (forgetting)
+    final   every method (or those --methods names) with the defaults the sweep chose, validation +
+            test set; the old task: every test model and the base on the Decathlon cases the base never
+            trained on (its fold-0 validation cases), on the class the tasks share (forgetting)
     curve   test Dice against the number of training subjects and the schedule length
 
     python scripts/lpba40_transfer.py --work /tmp/lpba --phase source
@@ -266,6 +266,7 @@ def sweep_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
 
 # the trainer-name tokens of every adapter method, in the registry's (the docs') order
 ADAPTERS = [spec.token for spec in METHODS.values()]
+FINAL_METHODS = [*ADAPTERS, "Finetune", "SegHead", "Finetune_scratch"]
 
 
 def reuse_sweep_runs(work: Path, trainers: list[str], folds: list[int]) -> None:
@@ -327,8 +328,8 @@ def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, check
     """Every method with the plain names' defaults on fold 0, test set predicted once by each fold-0
     model; then two more folds for Finetune, from-scratch and the --best adapters."""
     s = schedule(args.epochs, args.iterations)
-    trainers = ([f"nnUNetTrainer{m}_{s}" for m in ADAPTERS + ["Finetune", "SegHead"]]
-                + ["nnUNetTrainerNoFinetune", f"nnUNetTrainerFinetune_scratch_{s}"])
+    # the base itself (NoFinetune) always: it is what every method's forgetting is measured against
+    trainers = [f"nnUNetTrainer{m}_{s}" for m in args.methods] + ["nnUNetTrainerNoFinetune"]
     reuse_sweep_runs(work, trainers, [0, 1])
     holdout = source_holdout(work)
     benchmark(args, env, work, checkpoint, trainers, [0], "final", test_folds=[0], source_test=holdout)
@@ -454,6 +455,10 @@ def parser() -> argparse.ArgumentParser:
                         "for the best by the final phase's fold-0 validation Dice and the best under 5%% of "
                         "Finetune's trainable parameters (default: none; final then skips the three-fold repeat "
                         "of the best, curve needs it)")
+    p.add_argument("--methods", nargs="+", choices=FINAL_METHODS, default=FINAL_METHODS, metavar="METHOD",
+                   help="final: the methods trained and tested, beside the base (NoFinetune), which is always scored; "
+                        "a later run with more methods resumes and adds them (default: all of "
+                        + " ".join(FINAL_METHODS) + ")")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda or mps)")
     return p
 

@@ -169,3 +169,25 @@ def test_a_missing_source_case_is_named_and_nothing_half_written(script, tmp_pat
     assert not (work / "links" / "source_holdout").exists()
     with pytest.raises(SystemExit, match="--phase source"):
         script.source_holdout(tmp_path / "empty")
+
+
+def test_final_methods_narrow_the_runs_and_the_base_is_always_scored(script, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(script, "benchmark", lambda args, env, work, checkpoint, trainers, folds, out, **kw:
+                        calls.append((trainers, folds, out, kw)))
+    monkeypatch.setattr(script, "source_holdout", lambda work: tmp_path / "holdout")
+    args = script.parser().parse_args(["--work", str(tmp_path), "--phase", "final", "--methods", "Finetune", "CPLoRA"])
+    script.final_phase(args, {}, tmp_path, tmp_path / "base.pth")
+    assert calls == [(["nnUNetTrainerFinetune_15ep_20it", "nnUNetTrainerCPLoRA_15ep_20it", "nnUNetTrainerNoFinetune"],
+                      [0], "final", {"test_folds": [0], "source_test": tmp_path / "holdout"})]
+
+    every = script.parser().parse_args(["--work", str(tmp_path), "--phase", "final"]).methods
+    assert {"Finetune", "Finetune_scratch", "SegHead", "ConvLoRA", "CPLoRA", "HyPS"} <= set(every)
+    assert "NoFinetune" not in every  # scored anyway, never listed twice
+
+
+def test_an_unknown_final_method_is_refused_with_the_choices(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parser().parse_args(["--work", "w", "--phase", "final", "--methods", "CPLora"])
+    err = capsys.readouterr().err
+    assert "CPLora" in err and "CPLoRA" in err
