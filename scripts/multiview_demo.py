@@ -18,7 +18,8 @@ Everything runs through nnU-Net's and this plugin's command lines, in ``--work``
 inside it); steps whose outputs exist are skipped, so a rerun resumes. The CPU schedule is short
 (``--pretrain 16x40 --finetune 6x10`` by default, as the 3-D demo): it shows that the path works and
 what each view costs, not a ranking; with nnU-Net's 2-D U-Net it ran in 51 minutes on a quiet
-2-core CPU (2026-12-02; docs/results/multiview_demo.md). ``--smoke`` checks the
+2-core CPU (2026-12-02), with the Multiview network in 89 minutes on the same CPU shared with
+another training (2026-12-05; docs/results/multiview_demo.md). ``--smoke`` checks the
 set-up (6 cases, 1 epoch of 2 iterations, Dice near 0 expected): 20 minutes wall, 11 minutes of CPU,
 on a 2-core CPU shared with another training (2026-12-01).
 
