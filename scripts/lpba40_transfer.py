@@ -457,8 +457,7 @@ def parser() -> argparse.ArgumentParser:
                         "of the best, curve needs it)")
     p.add_argument("--methods", nargs="+", choices=FINAL_METHODS, default=FINAL_METHODS, metavar="METHOD",
                    help="final: the methods trained and tested, beside the base (NoFinetune), which is always scored; "
-                        "a later run with more methods resumes and adds them (default: all of "
-                        + " ".join(FINAL_METHODS) + ")")
+                        "a later run with more methods resumes and adds them")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda or mps)")
     return p
 
