@@ -325,8 +325,8 @@ def best_adapters(work: Path, requested: list[str] | None) -> list[str] | None:
 
 
 def final_phase(args: argparse.Namespace, env: dict[str, str], work: Path, checkpoint: Path) -> None:
-    """Every method with the plain names' defaults on fold 0, test set predicted once by each fold-0
-    model; then two more folds for Finetune, from-scratch and the --best adapters."""
+    """The --methods (default: every method) with the plain names' defaults on fold 0, test set predicted
+    once by each fold-0 model; then two more folds for Finetune, from-scratch and the --best adapters."""
     s = schedule(args.epochs, args.iterations)
     # the base itself (NoFinetune) always: it is what every method's forgetting is measured against
     trainers = [f"nnUNetTrainer{m}_{s}" for m in args.methods] + ["nnUNetTrainerNoFinetune"]
