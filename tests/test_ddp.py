@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             gc.collect()
         if rank == 0:
             torch.save(grads, out)
-        dist.barrier()
+        dist.barrier()  # neither rank tears the group down while the other may still be using it
     finally:
         dist.destroy_process_group()
 
